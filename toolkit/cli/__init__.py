@@ -1,0 +1,66 @@
+"""The ``tk`` command line: one Typer sub-app per command group, joined here.
+
+Heavy libraries (torch, torchvision, fastapi) are imported only inside the commands that use
+them, so ``tk --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolkit import __version__
+from toolkit.cli import config as config_cmd
+from toolkit.cli import env as env_cmd
+from toolkit.cli import queue as queue_cmd
+from toolkit.cli import redis as redis_cmd
+from toolkit.cli import serve as serve_cmd
+from toolkit.cli import stack as stack_cmd
+from toolkit.cli.state import set_global
+
+app = typer.Typer(
+    name="tk",
+    help="Provision, launch and check a small-team AI inference stack.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(env_cmd.app, name="env")
+app.add_typer(redis_cmd.app, name="redis")
+app.add_typer(queue_cmd.app, name="queue")
+app.add_typer(config_cmd.app, name="config")
+stack_cmd.register(app)
+serve_cmd.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    project_dir: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional on 3.10
+        typer.Option(
+            "--project-dir",
+            "-C",
+            help="Project directory (holds tk.yaml, envs/, redis-conf/). [env: TK_PROJECT_DIR]",
+            show_default="current directory",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Provision, launch and check a small-team AI inference stack."""
+    set_global(project_dir=project_dir)
+
+
+def main() -> None:
+    app()

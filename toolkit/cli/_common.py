@@ -1,0 +1,57 @@
+"""What every command module shares: settings from flags, error handling, output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from toolkit.errors import NotYetAvailable, TkError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line to stderr and exit with ``code``."""
+    typer.echo(f"tk: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn a TkError raised by library code into one printed line and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except TkError as exc:
+            fail(exc.one_line(), exc.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("tk: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def not_yet(what: str, issue: str) -> NoReturn:
+    """For commands a later release fills in: say so plainly and exit 2."""
+    exc = NotYetAvailable(f"`{what}` is not implemented yet (planned: {issue})")
+    fail(exc.one_line(), exc.exit_code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def warn(message: str) -> None:
+    typer.secho(f"tk: warning: {message}", err=True, fg=typer.colors.YELLOW)
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console()

@@ -1,0 +1,237 @@
+"""``tk redis``: write, check and run a hardened Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from toolkit.cli._common import console, fail, handle_errors, print_json, warn
+from toolkit.cli.state import settings
+from toolkit.errors import UsageError
+
+app = typer.Typer(help="Write, audit and run a hardened Redis.", no_args_is_help=True)
+
+# Optional[...] rather than X | None: typer needs it on Python 3.10.
+OptPath = Optional[Path]  # noqa: UP045
+OptStr = Optional[str]  # noqa: UP045
+OptInt = Optional[int]  # noqa: UP045
+
+ServerOpt = Annotated[
+    OptPath,
+    typer.Option("--server", help="redis-server/valkey-server binary. [env: TK_REDIS_SERVER]"),
+]
+
+
+@app.command("harden")
+@handle_errors
+def harden_cmd(
+    port: Annotated[OptInt, typer.Option(help="Port to listen on. [default: 6379]")] = None,
+    maxmemory: Annotated[
+        OptStr,
+        typer.Option(help="Memory limit, e.g. 2gb or 512mb. [default: a quarter of RAM]"),
+    ] = None,
+    policy: Annotated[
+        OptStr,
+        typer.Option("--maxmemory-policy", help="Eviction policy. [default: noeviction]"),
+    ] = None,
+    durable: Annotated[
+        bool, typer.Option("--durable", help="appendfsync always (every write hits disk).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Accept an evicting maxmemory-policy.")
+    ] = False,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Generate new passwords.")] = False,
+    tls_cert: Annotated[OptPath, typer.Option("--tls-cert", help="TLS certificate.")] = None,
+    tls_key: Annotated[OptPath, typer.Option("--tls-key", help="TLS private key.")] = None,
+    tls_ca: Annotated[OptPath, typer.Option("--tls-ca", help="CA for client certs.")] = None,
+    show_secrets: Annotated[
+        bool, typer.Option("--show-secrets", help="Print the generated passwords.")
+    ] = False,
+    server: ServerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Write redis-conf/redis.conf and users.acl: loopback only, AOF on, noeviction, ACL users.
+
+    Passwords are generated once (256 bits) and kept on re-runs unless --rotate; they are
+    stored in redis-conf/credentials.json (mode 0600) and never printed unless asked.
+    """
+    from toolkit.redis.harden import harden
+    from toolkit.redis.profile import check_tls
+
+    s = settings(
+        redis_port=port,
+        redis_maxmemory=maxmemory,
+        redis_policy=policy,
+        redis_durable=durable or None,
+        redis_server=server,
+    )
+    result = harden(s, tls=check_tls(tls_cert, tls_key, tls_ca), force=force, rotate=rotate)
+    for w in result.warnings:
+        warn(w)
+    out: dict[str, Any] = {
+        "conf": str(result.conf),
+        "aclfile": str(result.aclfile),
+        "credentials": str(result.credentials),
+        "server": result.server,
+        "users": result.users,
+        "passwords": "rotated" if result.rotated else ("kept" if result.kept_passwords else "new"),
+        "live": result.live,
+        "warnings": result.warnings,
+    }
+    if show_secrets:
+        from toolkit.redis import credentials
+
+        creds = credentials.load(s.redis_conf_dir)
+        out["secrets"] = creds.passwords if creds else {}
+    if as_json:
+        print_json(out)
+        return
+    typer.echo(f"wrote {result.conf}\nwrote {result.aclfile}\nwrote {result.credentials}")
+    typer.echo(f"for {result.server}; users: {', '.join(result.users)} ({out['passwords']} "
+               "passwords)")  # fmt: skip
+    if result.live:
+        typer.echo(result.live)
+    if show_secrets:
+        for user, pw in out["secrets"].items():
+            typer.echo(f"  {user}: {pw}")
+    typer.echo("next: tk redis start   (then: tk redis audit --url)")
+
+
+@app.command("audit")
+@handle_errors
+def audit_cmd(
+    conf: Annotated[OptPath, typer.Option("--conf", help="Audit this redis.conf file.")] = None,
+    url: Annotated[
+        OptStr,
+        typer.Option(
+            "--url",
+            help="Audit a live server, e.g. redis://admin@127.0.0.1:6379 (password from "
+            "credentials.json or TK_REDIS_PASSWORD). With neither option: the managed server.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check a redis.conf or a live server against the hardening rules. Exit 1 on any failure."""
+    from toolkit.redis import audit, connect
+    from toolkit.redis.urls import mask_url
+
+    if conf is not None and url is not None:
+        raise UsageError("give --conf or --url, not both")
+    s = settings()
+    if conf is not None:
+        facts = audit.facts_from_conf(conf)
+    else:
+        if url and urlsplit_password(url):
+            warn("a password on the command line shows up in `ps`; use TK_REDIS_PASSWORD")
+        full = connect.resolve_url(s, "admin", url)
+        try:
+            client = connect.client(s, "admin", url=url)
+            client.ping()
+        except Exception as exc:
+            if isinstance(exc, UsageError):
+                raise
+            raise connect.describe_connection_error(exc, full) from None
+        with client:
+            facts = audit.facts_from_server(client, mask_url(full))
+    findings = audit.run_rules(facts)
+    code = audit.exit_code(findings)
+    if as_json:
+        print_json({"target": facts.where, "source": facts.source,
+                    "findings": [f.to_dict() for f in findings],
+                    "failed": sum(f.status == "fail" for f in findings),
+                    "warnings": sum(f.status == "warn" for f in findings)})  # fmt: skip
+        raise typer.Exit(code)
+    _print_findings(facts.where, findings)
+    raise typer.Exit(code)
+
+
+def urlsplit_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
+def _print_findings(where: str, findings: list[Any]) -> None:
+    from rich.table import Table
+
+    colors = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+    table = Table(title=f"redis audit: {where}", show_lines=False)
+    for col in ("rule", "severity", "status", "found", "fix"):
+        table.add_column(col, overflow="fold")
+    for f in findings:
+        c = colors.get(f.status, "")
+        table.add_row(f.id, f.severity, f"[{c}]{f.status}[/{c}]", f.found, f.fix)
+    con = console()
+    con.print(table)
+    counts = {k: sum(f.status == k for f in findings) for k in ("ok", "warn", "fail", "skip")}
+    con.print(", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+@app.command("start")
+@handle_errors
+def start_cmd(
+    foreground: Annotated[
+        bool, typer.Option("--foreground", help="Run in this terminal until Ctrl-C.")
+    ] = False,
+    server: ServerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Start redis-server with the generated config and wait until it answers.
+
+    In the background by default (pid in .tk/run/redis.pid, log in .tk/logs/redis.log).
+    """
+    from toolkit.redis import server as srv
+
+    info = srv.start(settings(redis_server=server), foreground=foreground)
+    if as_json:
+        print_json(info)
+        return
+    typer.echo(f"Redis running: pid {info['pid']}, port {info['port']}, {info['binary']}")
+    typer.echo(f"log: {info['log']}")
+
+
+@app.command("stop")
+@handle_errors
+def stop_cmd() -> None:
+    """Stop the managed server with SHUTDOWN (the AOF is synced first)."""
+    from toolkit.redis import server as srv
+
+    typer.echo(srv.stop(settings()))
+
+
+@app.command("status")
+@handle_errors
+def status_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Say whether the managed server runs, which binary and version, port, memory, AOF."""
+    from toolkit.redis import server as srv
+
+    info = srv.status(settings())
+    if as_json:
+        print_json(info)
+    else:
+        for key, value in info.items():
+            typer.echo(f"{key:12} {value}")
+    raise typer.Exit(0 if info["running"] and info.get("reachable") else 1)
+
+
+@app.command("ping")
+@handle_errors
+def ping_cmd(
+    user: Annotated[str, typer.Option(help="ACL user to connect as.")] = "tk-monitor",
+    url: Annotated[OptStr, typer.Option(help="Ping this server instead.")] = None,
+) -> None:
+    """PING the server as an ACL user and print the round trip."""
+    from toolkit.redis import server as srv
+
+    ms = srv.ping(settings(), user=user, url=url)
+    typer.echo(f"PONG ({ms:.2f} ms, as {user})")
+
+
+__all__ = ["app", "fail"]

@@ -1,0 +1,1 @@
+"""The task protocol on Redis Streams."""

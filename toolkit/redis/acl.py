@@ -1,0 +1,113 @@
+"""ACL users tk writes: who may run what on which keys. Pure.
+
+Each application role gets only the commands and key patterns it uses (least privilege);
+commands that can reconfigure, wipe or spy on the server are the admin's alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from toolkit.queue.constants import KEY_PATTERN
+from toolkit.redis.version import ServerVersion
+
+ADMIN_ONLY_COMMANDS = (
+    "config",
+    "debug",
+    "module",
+    "flushall",
+    "flushdb",
+    "keys",
+    "shutdown",
+    "monitor",
+    "replicaof",
+    "slaveof",
+    "acl",
+    "bgrewriteaof",
+    "bgsave",
+    "save",
+    "failover",
+    "cluster",
+    "migrate",
+    "restore",
+    "sync",
+    "psync",
+    "swapdb",
+)
+"""Commands no application user may run (CONFIG ... REPLICAOF and the like)."""
+
+# What every client needs to connect and identify itself.
+_CONNECTION = ("ping", "hello", "auth", "echo", "client|setname", "client|getname", "client|id")
+
+
+@dataclass(frozen=True)
+class Role:
+    """One ACL user: a name, what it is for, its commands and whether it may only read."""
+
+    user: str
+    purpose: str
+    commands: tuple[str, ...]
+    read_only: bool = False
+    admin: bool = False
+
+
+ROLES: tuple[Role, ...] = (
+    Role("admin", "operators and tk itself (start/stop, audit, harden)", (), admin=True),
+    Role(
+        "tk-api",
+        "the HTTP API: enqueues tasks, reads results",
+        (
+            "xadd", "xlen", "xpending", "xrange", "xinfo|stream", "xinfo|groups",
+            "get", "mget", "exists", "ttl", "pttl", "scan", "info",
+        ),
+    ),
+    Role(
+        "tk-worker",
+        "inference workers: claim, ack, reclaim, store results, heartbeat",
+        (
+            "xreadgroup", "xack", "xautoclaim", "xclaim", "xadd", "xdel", "xlen", "xpending",
+            "xrange", "xinfo|stream", "xinfo|groups", "xinfo|consumers", "xgroup|create",
+            "xgroup|createconsumer", "xgroup|delconsumer", "set", "get", "del", "exists",
+            "expire", "pexpire", "incr", "hset", "hgetall", "scan",
+        ),
+    ),
+    Role(
+        "tk-monitor",
+        "tk doctor and dashboards: read-only figures",
+        (
+            "info", "dbsize", "xlen", "xpending", "xrange", "xinfo|stream", "xinfo|groups",
+            "xinfo|consumers", "get", "mget", "exists", "ttl", "pttl", "type", "scan",
+            "hgetall", "memory|usage",
+        ),
+        read_only=True,
+    ),
+)  # fmt: skip
+ROLE_BY_USER = {r.user: r for r in ROLES}
+APP_USERS = tuple(r.user for r in ROLES if not r.admin)
+
+
+def password_hash(password: str) -> str:
+    """The form Redis's ACL keeps: sha256 hex of the password."""
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def role_rule(role: Role, password: str, version: ServerVersion) -> str:
+    """The ACL line for ``role`` on ``version``, with the password as a sha256 hash."""
+    head = f"user {role.user} on #{password_hash(password)}"
+    if role.admin:
+        return f"{head} ~* &* +@all"
+    if role.read_only and version.has_acl_selectors:
+        keys = f"%R~{KEY_PATTERN}"
+    else:
+        keys = f"~{KEY_PATTERN}"
+    commands = list(_CONNECTION) + list(role.commands)
+    if version.has_client_setinfo:
+        commands.append("client|setinfo")
+    allowed = " ".join(f"+{c}" for c in commands)
+    return f"{head} resetchannels {keys} -@all {allowed}"
+
+
+def default_user_rule() -> str:
+    """The built-in ``default`` user: off, no password, no rights."""
+    return "user default off resetkeys resetchannels -@all"

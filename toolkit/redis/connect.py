@@ -1,0 +1,90 @@
+"""Clients for the managed Redis, with credentials found rather than copied around.
+
+Precedence: an explicit URL > ``TK_REDIS_URL`` (settings.redis_url) > the credentials file
+``tk redis harden`` wrote. A URL without a password takes it from the credentials file when
+the user is one tk generated, or from ``TK_REDIS_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from toolkit.config import Settings
+from toolkit.errors import ConfigError, CredentialsError, ServerNotRunning
+from toolkit.redis import credentials
+from toolkit.redis.urls import mask_url
+
+if TYPE_CHECKING:
+    import redis
+
+
+def resolve_url(settings: Settings, user: str = "admin", url: str | None = None) -> str:
+    """The URL (with password) to reach Redis as ``user``."""
+    url = url or settings.redis_url
+    creds = credentials.load(settings.redis_conf_dir)
+    if url:
+        return _fill_password(url, creds)
+    if creds is None:
+        raise CredentialsError(
+            f"no Redis credentials in {settings.redis_conf_dir}",
+            fix="run `tk redis harden` first, or set TK_REDIS_URL",
+        )
+    return creds.url(user)
+
+
+def _fill_password(url: str, creds: credentials.Credentials | None) -> str:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis URL {mask_url(url)}: {exc}") from None
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(
+            f"bad Redis URL {mask_url(url)}", fix="use redis://[user[:password]@]host:port/0"
+        )
+    if parts.password is not None or not parts.username:
+        return url
+    user = unquote(parts.username)
+    password = os.environ.get("TK_REDIS_PASSWORD")
+    if password is None and creds is not None:
+        password = creds.passwords.get(user)
+    if password is None:
+        return url
+    from urllib.parse import quote
+
+    netloc = f"{parts.username}:{quote(password, safe='')}@{parts.netloc.split('@', 1)[1]}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def client(
+    settings: Settings,
+    user: str = "admin",
+    url: str | None = None,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> redis.Redis:
+    """A redis-py client for ``user``; raises CredentialsError when none can be found."""
+    import redis as redis_py
+
+    full = resolve_url(settings, user, url)
+    t = timeout if timeout is not None else settings.redis_timeout
+    creds = credentials.load(settings.redis_conf_dir)
+    extra: dict[str, Any] = {}
+    if full.startswith("rediss://") and creds is not None and creds.ca_file:
+        extra["ssl_ca_certs"] = creds.ca_file
+        extra["ssl_check_hostname"] = False
+    extra.update(kwargs)
+    return redis_py.Redis.from_url(
+        full, socket_timeout=t, socket_connect_timeout=t, decode_responses=True, **extra
+    )
+
+
+def describe_connection_error(exc: Exception, url: str) -> ServerNotRunning:
+    """A one-line, secret-free error for a failed connection."""
+    text = str(exc).split("\n")[0]
+    return ServerNotRunning(
+        f"cannot reach Redis at {mask_url(url)}: {text}",
+        fix="start it with `tk redis start`, or check TK_REDIS_URL",
+    )

@@ -1,0 +1,133 @@
+"""The hardening profile: every choice behind a redis.conf, validated. Pure.
+
+``build_profile`` turns settings and flags into a ``HardenProfile``; ``render_conf`` and
+``render_acl`` turn a profile into file text. Nothing here touches the disk or the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import ConfigError, UnsafeConfigError
+from toolkit.redis import acl
+from toolkit.redis.version import ServerVersion
+from toolkit.templating import render
+from toolkit.units import format_size
+
+POLICIES = (
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+)
+SAFE_POLICY = "noeviction"
+EVICTION_WARNING = (
+    "maxmemory-policy {policy} lets Redis evict keys when memory runs out: queued tasks and "
+    "results can silently disappear. Use noeviction (the default): producers get an error "
+    "instead and nothing is lost"
+)
+DEFAULT_MEMORY_SHARE = 0.25
+"""Default maxmemory: this share of the host's RAM (the rest is for the model workers)."""
+
+BIND_LOOPBACK = "127.0.0.1 -::1"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class HardenProfile:
+    port: int
+    maxmemory: int
+    policy: str
+    appendfsync: str
+    data_dir: Path
+    logfile: Path
+    pidfile: Path
+    aclfile: Path
+    tls: TlsFiles | None = None
+    bind: str = BIND_LOOPBACK
+    tcp_keepalive: int = 60
+    timeout: int = 300
+
+
+def default_maxmemory(total_ram: int) -> int:
+    """A quarter of RAM, whole megabytes, at least 64 MB."""
+    mb = 1024 * 1024
+    return max(64 * mb, int(total_ram * DEFAULT_MEMORY_SHARE) // mb * mb)
+
+
+def check_policy(policy: str, force: bool) -> list[str]:
+    """Validate a maxmemory-policy; an evicting one needs ``force``. Returns warnings."""
+    if policy not in POLICIES:
+        raise ConfigError(
+            f"unknown maxmemory-policy {policy!r}", fix=f"use one of: {', '.join(POLICIES)}"
+        )
+    if policy == SAFE_POLICY:
+        return []
+    message = EVICTION_WARNING.format(policy=policy)
+    if not force:
+        raise UnsafeConfigError(message, fix="keep noeviction, or pass --force to accept the risk")
+    return [message]
+
+
+def check_tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
+    if cert is None and key is None and ca is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    for what, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{what} {path}: no such file")
+    return TlsFiles(cert.resolve(), key.resolve(), ca.resolve() if ca else None)
+
+
+def render_conf(profile: HardenProfile, version: ServerVersion, server_path: Path | str = "") -> str:
+    """redis.conf text for ``profile``, with only directives ``version`` accepts."""
+    return render(
+        "redis.conf.j2",
+        version=str(version),
+        server_path=server_path,
+        bind=profile.bind,
+        port=profile.port,
+        tls=profile.tls,
+        tcp_keepalive=profile.tcp_keepalive,
+        timeout=profile.timeout,
+        pidfile=profile.pidfile,
+        data_dir=profile.data_dir,
+        logfile=profile.logfile,
+        appendfsync=profile.appendfsync,
+        maxmemory=format_size(profile.maxmemory),
+        policy=profile.policy,
+        aclfile=profile.aclfile,
+        has_enable_debug_command=version.has_enable_debug_command,
+    )
+
+
+def render_acl(passwords: dict[str, str], version: ServerVersion) -> str:
+    """users.acl text: ``default`` off, then one least-privilege user per role."""
+    rules = [acl.default_user_rule()]
+    rules += [acl.role_rule(role, passwords[role.user], version) for role in acl.ROLES]
+    return render("users.acl.j2", rules=rules)
+
+
+def header_value(conf_text: str, key: str) -> str | None:
+    """A ``# tk-<key>: value`` line from a tk-written conf's header, if any."""
+    for line in conf_text.splitlines()[:6]:
+        if line.startswith(f"# tk-{key}:"):
+            return line.split(":", 1)[1].strip() or None
+    return None
+
+
+def rendered_for(conf_text: str) -> str | None:
+    """The server version a tk-written conf was rendered for, if any."""
+    return header_value(conf_text, "rendered-for")

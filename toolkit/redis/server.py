@@ -1,0 +1,294 @@
+"""Running the managed redis-server: start, wait until it answers, stop with SHUTDOWN.
+
+The server is always started with the generated config file as its only argument: no
+password ever appears on a command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.config import Settings
+from toolkit.errors import (
+    CredentialsError,
+    PortInUse,
+    RedisError,
+    ServerNotRunning,
+    ServerStartError,
+)
+from toolkit.fsutil import ensure_dir
+from toolkit.redis import binary as binaries
+from toolkit.redis import connect, credentials
+from toolkit.redis.profile import header_value, rendered_for
+from toolkit.redis.version import ServerVersion
+
+CONF_FILE = "redis.conf"
+ACL_FILE = "users.acl"
+PID_FILE = "redis.pid"
+LOG_FILE = "redis.log"
+OUT_FILE = "redis-server.out"
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    conf: Path
+    aclfile: Path
+    pidfile: Path
+    logfile: Path
+    outfile: Path
+    data_dir: Path
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ServerPaths:
+        return cls(
+            conf=s.redis_conf_dir / CONF_FILE,
+            aclfile=s.redis_conf_dir / ACL_FILE,
+            pidfile=s.run_dir / PID_FILE,
+            logfile=s.log_dir / LOG_FILE,
+            outfile=s.log_dir / OUT_FILE,
+            data_dir=s.redis_data_dir,
+        )
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _port_owner(port: int) -> str:
+    import psutil
+
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections("tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == "LISTEN" and conn.pid:
+                with contextlib.suppress(psutil.Error):
+                    return f" (by {psutil.Process(conn.pid).name()}, pid {conn.pid})"
+                return f" (by pid {conn.pid})"
+    return ""
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """The pid in ``pidfile`` if that process is alive, else None (a stale file is removed)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if _alive(pid):
+        return pid
+    with contextlib.suppress(OSError):
+        pidfile.unlink()
+    return None
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _check_conf_matches(conf: Path, version: ServerVersion, server: binaries.ServerBinary) -> None:
+    try:
+        text = conf.read_text()
+    except FileNotFoundError:
+        raise ServerStartError(
+            f"no config at {conf}", fix="run `tk redis harden` first"
+        ) from None
+    target = rendered_for(text)
+    if target is None:
+        return
+    flavor, _, number = target.partition(" ")
+    from toolkit.redis.version import parse_version_string
+
+    if parse_version_string(flavor, number).capabilities != version.capabilities:
+        raise ServerStartError(
+            f"{conf} was written for {target}, but the server to run is {server.describe()}",
+            fix="run `tk redis harden` again (passwords are kept) or pass --server",
+        )
+
+
+def _server_for(settings: Settings, conf: Path) -> binaries.ServerBinary:
+    """--server / TK_REDIS_SERVER, else the binary the conf was written for, else the usual."""
+    if settings.redis_server is None:
+        with contextlib.suppress(OSError):
+            recorded = header_value(conf.read_text(), "server")
+            if recorded and Path(recorded).is_file():
+                return binaries.ServerBinary(
+                    Path(recorded), binaries.probe(Path(recorded)), "redis.conf"
+                )
+    return binaries.locate(settings.redis_server)
+
+
+def start(
+    settings: Settings, *, foreground: bool = False, wait: float | None = None
+) -> dict[str, Any]:
+    """Start redis-server on the generated config and wait until it answers PING.
+
+    Returns facts about the running server. With ``foreground`` the call replaces this
+    process with redis-server (logging to the terminal) and does not return.
+    """
+    paths = ServerPaths.from_settings(settings)
+    server = _server_for(settings, paths.conf)
+    _check_conf_matches(paths.conf, server.version, server)
+    creds = credentials.load(settings.redis_conf_dir)
+    if creds is None:
+        raise ServerStartError(
+            f"no credentials in {settings.redis_conf_dir}", fix="run `tk redis harden` first"
+        )
+    running = read_pid(paths.pidfile)
+    if running is not None:
+        raise ServerStartError(
+            f"Redis is already running (pid {running}, port {creds.port})",
+            fix="`tk redis stop` first, or `tk redis status`",
+        )
+    if port_in_use(creds.port):
+        raise PortInUse(
+            f"port {creds.port} is already in use{_port_owner(creds.port)}",
+            fix="stop that server or run `tk redis harden --port N` with a free port",
+        )
+    for d in (paths.data_dir, paths.pidfile.parent, paths.logfile.parent):
+        ensure_dir(d)
+    argv = [str(server.path), str(paths.conf)]
+    if foreground:
+        os.execv(argv[0], [*argv, "--logfile", ""])
+    with open(paths.outfile, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=paths.data_dir,
+        )
+    _wait_ready(settings, proc, paths, wait or settings.redis_timeout)
+    return {"pid": proc.pid, "port": creds.port, "binary": server.describe(),
+            "conf": str(paths.conf), "log": str(paths.logfile)}  # fmt: skip
+
+
+def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], paths: ServerPaths,
+                timeout: float) -> None:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerStartError(
+                f"redis-server exited with code {proc.returncode}: {_last_error(paths)}",
+                fix=f"see {paths.logfile} and {paths.outfile}",
+            )
+        try:
+            with connect.client(settings, "admin", timeout=1.0) as c:
+                if c.ping():
+                    return
+        except Exception as exc:  # noqa: BLE001 - still loading / not listening yet
+            last = exc
+        time.sleep(0.05)
+    with contextlib.suppress(OSError):
+        proc.terminate()
+    raise ServerStartError(
+        f"redis-server did not answer within {timeout:.0f}s ({last})",
+        fix=f"see {paths.logfile}",
+    )
+
+
+def _last_error(paths: ServerPaths) -> str:
+    """The most telling line the server wrote before dying."""
+    lines: list[str] = []
+    for f in (paths.outfile, paths.logfile):
+        with contextlib.suppress(OSError):
+            lines += f.read_text(errors="replace").splitlines()[-30:]
+    for marker in ("FATAL", "Bad directive", "Address already in use", "Can't", "Error", "#"):
+        for line in reversed(lines):
+            if marker in line:
+                return line.strip()[:300]
+    return lines[-1].strip()[:300] if lines else "no output"
+
+
+def stop(settings: Settings, timeout: float = 30.0) -> str:
+    """SHUTDOWN the managed server (the AOF is fsynced) and wait for the process to exit."""
+    paths = ServerPaths.from_settings(settings)
+    pid = read_pid(paths.pidfile)
+    if pid is None:
+        raise ServerNotRunning("Redis is not running (no live pid in " f"{paths.pidfile})")
+    how = "SHUTDOWN"
+    try:
+        with connect.client(settings, "admin", timeout=5.0) as c:
+            with contextlib.suppress(Exception):
+                c.execute_command("SHUTDOWN")
+    except CredentialsError:
+        how = "SIGTERM"
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise RedisError(
+                f"Redis (pid {pid}) did not exit within {timeout:.0f}s after {how}",
+                fix=f"see {paths.logfile}; kill {pid} if it is stuck",
+            )
+        time.sleep(0.05)
+    with contextlib.suppress(OSError):
+        paths.pidfile.unlink()
+    return f"Redis (pid {pid}) stopped with {how}; data synced to {paths.data_dir}"
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """Facts about the managed server: running?, pid, binary and version, port, memory, AOF."""
+    import psutil
+
+    paths = ServerPaths.from_settings(settings)
+    pid = read_pid(paths.pidfile)
+    out: dict[str, Any] = {"running": pid is not None, "pid": pid, "conf": str(paths.conf)}
+    creds = credentials.load(settings.redis_conf_dir)
+    out["port"] = creds.port if creds else None
+    if pid is not None:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            out["binary"] = (proc.cmdline() or [proc.exe()])[0]
+            out["uptime_s"] = round(time.time() - proc.create_time(), 1)
+            out["rss_bytes"] = proc.memory_info().rss
+    try:
+        with connect.client(settings, "admin", timeout=2.0) as c:
+            info = c.info()
+        out["reachable"] = True
+        name = info.get("server_name", "redis")
+        out["version"] = f"{name} {info.get('valkey_version') or info.get('redis_version')}"
+        out["aof_enabled"] = bool(info.get("aof_enabled"))
+        out["used_memory"] = info.get("used_memory")
+        out["maxmemory"] = info.get("maxmemory")
+        out["keys"] = sum(v.get("keys", 0) for k, v in info.items() if k.startswith("db"))
+    except Exception as exc:  # noqa: BLE001 - status reports, it does not raise
+        out["reachable"] = False
+        out["error"] = str(exc).split("\n")[0]
+    if "binary" not in out:
+        with contextlib.suppress(Exception):
+            out["binary"] = _server_for(settings, paths.conf).describe() + " (not running)"
+    return out
+
+
+def ping(settings: Settings, user: str = "tk-monitor", url: str | None = None) -> float:
+    """PING as ``user``; returns the round trip in milliseconds."""
+    full = connect.resolve_url(settings, user, url)
+    try:
+        with connect.client(settings, user, url=url, timeout=settings.redis_timeout) as c:
+            t0 = time.perf_counter()
+            c.ping()
+            return (time.perf_counter() - t0) * 1000
+    except CredentialsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds
+        raise connect.describe_connection_error(exc, full) from None

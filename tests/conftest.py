@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import ServerKind, free_port, require_all_servers, server_kinds
+from tests.helpers import ServerKind, alive, free_port, require_all_servers, server_kinds
 from toolkit.config import Settings
 from toolkit.redis import server as srv
 from toolkit.redis.harden import harden
@@ -60,6 +60,8 @@ def server_kind(request: pytest.FixtureRequest) -> ServerKind:
 
 
 def _kill_tree(pid: int) -> None:
+    if not alive(pid):
+        return
     with contextlib.suppress(psutil.Error):
         proc = psutil.Process(pid)
         for p in [*proc.children(recursive=True), proc]:

@@ -50,3 +50,13 @@ def run_tk(project: Path, *args: str, env: dict[str, str] | None = None) -> Resu
 
 def which_ps() -> str | None:
     return shutil.which("ps")
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie left for a non-reaping init counts as gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

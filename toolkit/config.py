@@ -107,6 +107,35 @@ SPECS: tuple[Spec, ...] = (
     Spec("redis_policy", "redis.maxmemory_policy", _parse_str, "maxmemory-policy"),
     Spec("redis_durable", "redis.durable", _parse_bool, "appendfsync always"),
     Spec("redis_timeout", "redis.timeout", _float_parser(0.1), "seconds to wait for Redis"),
+    Spec("env_spec", "env.spec", _parse_path, "environment spec (tk env)"),
+    Spec("env_engine", "env.engine", _parse_str, "rattler, conda, mamba or micromamba"),
+    Spec("envs_dir", "env.envs_dir", _opt(_parse_path), "where named envs go (default: conda's)"),
+    Spec("conda_root", "env.conda_root", _opt(_parse_path), "conda installation (default: find)"),
+    Spec("env_cache_dir", "env.cache_dir", _opt(_parse_path), "rattler package cache"),
+    Spec(
+        "serve_model",
+        "serve.model",
+        _parse_str,
+        "model: efficientnet-lite0, torchvision:<arch>=<file>, torchscript:<file>",
+    ),
+    Spec("serve_device", "serve.device", _parse_str, "auto, cpu, cuda or cuda:N"),
+    Spec("serve_max_batch", "serve.max_batch", _int_parser(1, 256), "tasks per forward pass"),
+    Spec("serve_max_delay_ms", "serve.max_delay_ms", _int_parser(0, 10000), "wait to fill a batch"),
+    Spec("serve_threads", "serve.threads", _opt(_int_parser(1, 1024)), "torch threads per worker"),
+    Spec("serve_workers", "serve.workers", _int_parser(1, 1024), "workers on this host"),
+    Spec("serve_host", "serve.host", _parse_str, "address the API listens on"),
+    Spec("serve_port", "serve.port", _int_parser(0, 65535), "port the API listens on"),
+    Spec("serve_url", "serve.url", _opt(_parse_str), "API URL for tk submit"),
+    Spec("serve_token_file", "serve.token_file", _opt(_parse_path), "API bearer token file"),
+    Spec("serve_allow_paths", "serve.allow_paths", _opt(_parse_str), "dirs image_path may read"),
+    Spec("serve_max_image_bytes", "serve.max_image_bytes", _parse_size, "largest image file"),
+    Spec("serve_max_image_pixels", "serve.max_image_pixels", _int_parser(1, 10**10), "largest WxH"),
+    Spec("queue_max_depth", "queue.max_depth", _int_parser(1, 10**9), "waiting tasks before 503"),
+    Spec(
+        "queue_visibility_ms", "queue.visibility_ms", _int_parser(100, 86_400_000), "reclaim after"
+    ),
+    Spec("queue_max_deliveries", "queue.max_deliveries", _int_parser(1, 1000), "then dead-letter"),
+    Spec("queue_result_ttl", "queue.result_ttl", _int_parser(1, 10**8), "seconds results are kept"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
@@ -123,6 +152,28 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "redis_policy": "noeviction",
         "redis_durable": False,
         "redis_timeout": 10.0,
+        "env_spec": project_dir / "envs" / "inference.yml",
+        "env_engine": "rattler",
+        "envs_dir": None,
+        "conda_root": None,
+        "env_cache_dir": None,
+        "serve_model": "efficientnet-lite0",
+        "serve_device": "auto",
+        "serve_max_batch": 4,
+        "serve_max_delay_ms": 5,
+        "serve_threads": None,
+        "serve_workers": 1,
+        "serve_host": "127.0.0.1",
+        "serve_port": 8000,
+        "serve_url": None,
+        "serve_token_file": None,
+        "serve_allow_paths": None,
+        "serve_max_image_bytes": 8 * 1024 * 1024,
+        "serve_max_image_pixels": 40_000_000,
+        "queue_max_depth": 1000,
+        "queue_visibility_ms": 30_000,
+        "queue_max_deliveries": 3,
+        "queue_result_ttl": 3600,
     }
 
 
@@ -140,6 +191,28 @@ class Settings:
     redis_policy: str
     redis_durable: bool
     redis_timeout: float
+    env_spec: Path
+    env_engine: str
+    envs_dir: Path | None
+    conda_root: Path | None
+    env_cache_dir: Path | None
+    serve_model: str
+    serve_device: str
+    serve_max_batch: int
+    serve_max_delay_ms: int
+    serve_threads: int | None
+    serve_workers: int
+    serve_host: str
+    serve_port: int
+    serve_url: str | None
+    serve_token_file: Path | None
+    serve_allow_paths: str | None
+    serve_max_image_bytes: int
+    serve_max_image_pixels: int
+    queue_max_depth: int
+    queue_visibility_ms: int
+    queue_max_deliveries: int
+    queue_result_ttl: int
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __repr__(self) -> str:  # secrets never show up in a repr

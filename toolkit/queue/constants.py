@@ -6,3 +6,76 @@ KEY_PREFIX = "tk:"
 """All of tk's keys start with this; the ACL users' key permissions are written against it."""
 
 KEY_PATTERN = KEY_PREFIX + "*"
+
+# --- names ---------------------------------------------------------------------------------
+TASK_STREAM = KEY_PREFIX + "tasks"
+"""The stream of tasks not yet done. Entries are deleted once their result is stored, so the
+stream is never trimmed and its length is waiting + pending."""
+
+GROUP = "tk-workers"
+"""The one consumer group every worker reads through."""
+
+DEAD_STREAM = KEY_PREFIX + "tasks:dead"
+"""Dead-letter stream: tasks delivered ``max_deliveries`` times without being acked."""
+
+DONE_STREAM = KEY_PREFIX + "tasks:done"
+"""Notifications (task ids, one entry per batch) the API's long-poll waits on; trimmed."""
+
+RESULT_PREFIX = KEY_PREFIX + "result:"
+"""``tk:result:<task id>``: the task's status and, once done, its result (JSON)."""
+
+HEARTBEAT_PREFIX = KEY_PREFIX + "worker:"
+"""``tk:worker:<consumer>``: a live worker's heartbeat (JSON), expires with HEARTBEAT_TTL."""
+
+METRICS_KEY = KEY_PREFIX + "metrics"
+"""A hash of counters and histogram buckets the workers add to and the API exports."""
+
+# --- TTLs and timing -----------------------------------------------------------------------
+RESULT_TTL_S = 3600
+"""How long a finished task's result is kept (seconds)."""
+
+PENDING_TTL_S = 86400
+"""How long a task's 'pending' marker lives; a task waiting longer than this reads as unknown."""
+
+VISIBILITY_TIMEOUT_MS = 30_000
+"""A claimed entry idle this long is taken over by another worker (XAUTOCLAIM)."""
+
+MAX_DELIVERIES = 3
+"""Deliveries after which a task goes to the dead-letter stream instead of being retried."""
+
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 10
+"""A worker refreshes its heartbeat every interval; a missing key means the worker is gone."""
+
+DONE_STREAM_MAXLEN = 10_000
+"""Approximate length the notification stream is trimmed to."""
+
+DEAD_STREAM_MAXLEN = 100_000
+"""The dead-letter stream is trimmed (approximately) past this many entries."""
+
+# --- limits ---------------------------------------------------------------------------------
+MAX_QUEUE_DEPTH = 1000
+"""Waiting tasks above which the API answers 503 and enqueues nothing."""
+
+MAX_BATCH = 4
+"""Tasks one forward pass takes at most (batches above 8 are slower on CPU)."""
+
+MAX_DELAY_MS = 5
+"""How long a worker waits to fill a batch once it holds one task."""
+
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+"""Largest image accepted (bytes of the encoded file)."""
+
+MAX_IMAGE_PIXELS = 40_000_000
+"""Largest image accepted (width x height); stops decompression bombs."""
+
+MAX_BODY_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 64 * 1024
+"""Largest request body (a base64 image in JSON plus room for the rest)."""
+
+TOP_K = 5
+"""Labels returned per image by default."""
+
+MAX_TOP_K = 20
+
+CLAIM_BLOCK_MS = 1000
+"""How long one blocking read waits when the queue is empty (also how quickly SIGTERM acts)."""

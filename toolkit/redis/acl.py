@@ -58,8 +58,9 @@ ROLES: tuple[Role, ...] = (
         "tk-api",
         "the HTTP API: enqueues tasks, reads results",
         (
-            "xadd", "xlen", "xpending", "xrange", "xinfo|stream", "xinfo|groups",
-            "get", "mget", "exists", "ttl", "pttl", "scan", "info",
+            "xadd", "xlen", "xpending", "xrange", "xread", "xinfo|stream", "xinfo|groups",
+            "get", "mget", "set", "exists", "ttl", "pttl", "scan", "info", "hgetall",
+            "multi", "exec", "discard",
         ),
     ),
     Role(
@@ -69,14 +70,16 @@ ROLES: tuple[Role, ...] = (
             "xreadgroup", "xack", "xautoclaim", "xclaim", "xadd", "xdel", "xlen", "xpending",
             "xrange", "xinfo|stream", "xinfo|groups", "xinfo|consumers", "xgroup|create",
             "xgroup|createconsumer", "xgroup|delconsumer", "set", "get", "del", "exists",
-            "expire", "pexpire", "incr", "hset", "hgetall", "scan",
+            "expire", "pexpire", "incr", "hset", "hgetall", "hincrby", "hincrbyfloat", "scan",
+            "multi", "exec", "discard",
         ),
     ),
     Role(
         "tk-monitor",
         "tk doctor and dashboards: read-only figures",
         (
-            "info", "dbsize", "xlen", "xpending", "xrange", "xinfo|stream", "xinfo|groups",
+            "info", "dbsize", "xlen", "xpending", "xrange", "xrevrange", "xinfo|stream",
+            "xinfo|groups",
             "xinfo|consumers", "get", "mget", "exists", "ttl", "pttl", "type", "scan",
             "hgetall", "memory|usage",
         ),

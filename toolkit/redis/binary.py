@@ -68,7 +68,9 @@ def probe(path: Path) -> ServerVersion:
             f"server binary {path} does not exist", fix="pass the path of a redis-server binary"
         )
     if not os.access(path, os.X_OK):
-        raise ServerBinaryNotFound(f"server binary {path} is not executable", fix=f"chmod +x {path}")
+        raise ServerBinaryNotFound(
+            f"server binary {path} is not executable", fix=f"chmod +x {path}"
+        )
     try:
         out = subprocess.run(
             [str(path), "--version"], capture_output=True, text=True, timeout=10, check=False

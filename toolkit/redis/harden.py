@@ -7,6 +7,7 @@ write fails, none of the new files replace the old ones.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -16,7 +17,6 @@ from pathlib import Path
 from toolkit.config import Settings
 from toolkit.errors import FileWriteError, RedisError
 from toolkit.fsutil import ensure_dir
-from toolkit.redis import binary as binaries
 from toolkit.redis import connect, credentials
 from toolkit.redis.profile import (
     HardenProfile,
@@ -26,7 +26,7 @@ from toolkit.redis.profile import (
     render_acl,
     render_conf,
 )
-from toolkit.redis.server import ServerPaths
+from toolkit.redis.server import ServerPaths, server_for
 
 
 @dataclass
@@ -76,6 +76,9 @@ def _write_all(files: dict[Path, str]) -> None:
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
+        for _, path in temps:  # catch what would fail a rename before any rename
+            if path.is_dir() or (path.exists() and not os.access(path.parent, os.W_OK)):
+                raise IsADirectoryError(21, "not a replaceable file", str(path))
         for tmp, path in temps:
             os.replace(tmp, path)
     except OSError as exc:
@@ -95,11 +98,14 @@ def harden(
     force: bool = False,
     rotate: bool = False,
 ) -> HardenResult:
-    profile, warnings = build_profile(settings, tls, force)
-    server = binaries.locate(settings.redis_server)
     conf_dir = settings.redis_conf_dir
     paths = ServerPaths.from_settings(settings)
     existing = credentials.load(conf_dir) if conf_dir.exists() else None
+    if existing is not None and settings.source("redis_port") == "default":
+        # Re-running keeps the earlier choice of port rather than resetting it to 6379.
+        settings = dataclasses.replace(settings, redis_port=existing.port)
+    profile, warnings = build_profile(settings, tls, force)
+    server = server_for(settings, paths.conf)
     passwords = credentials.passwords_for(existing, rotate)
     creds = credentials.Credentials(
         host="127.0.0.1",
@@ -165,7 +171,7 @@ def _switch_live_aof(settings: Settings) -> str | None:
     try:
         c = connect.client(settings, "admin", timeout=1.0)
         c.ping()
-    except Exception:  # noqa: BLE001 - no live server: nothing to switch
+    except Exception:
         return None
     with c:
         return switch_aof_on(c)

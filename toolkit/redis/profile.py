@@ -91,7 +91,9 @@ def check_tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles 
     return TlsFiles(cert.resolve(), key.resolve(), ca.resolve() if ca else None)
 
 
-def render_conf(profile: HardenProfile, version: ServerVersion, server_path: Path | str = "") -> str:
+def render_conf(
+    profile: HardenProfile, version: ServerVersion, server_path: Path | str = ""
+) -> str:
     """redis.conf text for ``profile``, with only directives ``version`` accepts."""
     return render(
         "redis.conf.j2",

@@ -107,9 +107,7 @@ def _check_conf_matches(conf: Path, version: ServerVersion, server: binaries.Ser
     try:
         text = conf.read_text()
     except FileNotFoundError:
-        raise ServerStartError(
-            f"no config at {conf}", fix="run `tk redis harden` first"
-        ) from None
+        raise ServerStartError(f"no config at {conf}", fix="run `tk redis harden` first") from None
     target = rendered_for(text)
     if target is None:
         return
@@ -123,7 +121,7 @@ def _check_conf_matches(conf: Path, version: ServerVersion, server: binaries.Ser
         )
 
 
-def _server_for(settings: Settings, conf: Path) -> binaries.ServerBinary:
+def server_for(settings: Settings, conf: Path) -> binaries.ServerBinary:
     """--server / TK_REDIS_SERVER, else the binary the conf was written for, else the usual."""
     if settings.redis_server is None:
         with contextlib.suppress(OSError):
@@ -144,7 +142,7 @@ def start(
     process with redis-server (logging to the terminal) and does not return.
     """
     paths = ServerPaths.from_settings(settings)
-    server = _server_for(settings, paths.conf)
+    server = server_for(settings, paths.conf)
     _check_conf_matches(paths.conf, server.version, server)
     creds = credentials.load(settings.redis_conf_dir)
     if creds is None:
@@ -167,39 +165,51 @@ def start(
     argv = [str(server.path), str(paths.conf)]
     if foreground:
         os.execv(argv[0], [*argv, "--logfile", ""])
-    with open(paths.outfile, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=paths.data_dir,
-        )
-    _wait_ready(settings, proc, paths, wait or settings.redis_timeout)
-    return {"pid": proc.pid, "port": creds.port, "binary": server.describe(),
+    pid = _spawn_detached(argv, cwd=paths.data_dir, out=paths.outfile)
+    _wait_ready(settings, pid, paths, wait or settings.redis_timeout)
+    return {"pid": pid, "port": creds.port, "binary": server.describe(),
             "conf": str(paths.conf), "log": str(paths.logfile)}  # fmt: skip
 
 
-def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], paths: ServerPaths,
-                timeout: float) -> None:  # fmt: skip
+_SPAWN = 'cd "$1" || exit 97; shift; out=$1; shift; "$@" </dev/null >>"$out" 2>&1 & echo $!'
+
+
+def _spawn_detached(argv: list[str], cwd: Path, out: Path) -> int:
+    """Start ``argv`` as a daemon: its own session, parent init, output appended to ``out``.
+
+    A short-lived ``sh`` starts it in the background and exits, so the server is nobody's
+    child here (no zombie, survives tk, safe from the terminal's Ctrl-C).
+    """
+    sh = subprocess.run(
+        ["/bin/sh", "-c", _SPAWN, "tk-spawn", str(cwd), str(out), *argv],
+        capture_output=True, text=True, start_new_session=True, timeout=30, check=False,
+    )  # fmt: skip
+    try:
+        return int(sh.stdout.strip())
+    except ValueError:
+        raise ServerStartError(
+            f"could not start {argv[0]}: {sh.stderr.strip() or sh.returncode}"
+        ) from None
+
+
+def _wait_ready(settings: Settings, pid: int, paths: ServerPaths, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if not _alive(pid):
             raise ServerStartError(
-                f"redis-server exited with code {proc.returncode}: {_last_error(paths)}",
+                f"redis-server exited during start-up: {_last_error(paths)}",
                 fix=f"see {paths.logfile} and {paths.outfile}",
             )
         try:
             with connect.client(settings, "admin", timeout=1.0) as c:
                 if c.ping():
                     return
-        except Exception as exc:  # noqa: BLE001 - still loading / not listening yet
+        except Exception as exc:
             last = exc
         time.sleep(0.05)
     with contextlib.suppress(OSError):
-        proc.terminate()
+        os.kill(pid, signal.SIGTERM)
     raise ServerStartError(
         f"redis-server did not answer within {timeout:.0f}s ({last})",
         fix=f"see {paths.logfile}",
@@ -224,12 +234,11 @@ def stop(settings: Settings, timeout: float = 30.0) -> str:
     paths = ServerPaths.from_settings(settings)
     pid = read_pid(paths.pidfile)
     if pid is None:
-        raise ServerNotRunning("Redis is not running (no live pid in " f"{paths.pidfile})")
+        raise ServerNotRunning(f"Redis is not running (no live pid in {paths.pidfile})")
     how = "SHUTDOWN"
     try:
-        with connect.client(settings, "admin", timeout=5.0) as c:
-            with contextlib.suppress(Exception):
-                c.execute_command("SHUTDOWN")
+        with connect.client(settings, "admin", timeout=5.0) as c, contextlib.suppress(Exception):
+            c.execute_command("SHUTDOWN")
     except CredentialsError:
         how = "SIGTERM"
         os.kill(pid, signal.SIGTERM)
@@ -258,7 +267,7 @@ def status(settings: Settings) -> dict[str, Any]:
     if pid is not None:
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)
-            out["binary"] = (proc.cmdline() or [proc.exe()])[0]
+            out["binary"] = _exe_of(proc)
             out["uptime_s"] = round(time.time() - proc.create_time(), 1)
             out["rss_bytes"] = proc.memory_info().rss
     try:
@@ -271,13 +280,19 @@ def status(settings: Settings) -> dict[str, Any]:
         out["used_memory"] = info.get("used_memory")
         out["maxmemory"] = info.get("maxmemory")
         out["keys"] = sum(v.get("keys", 0) for k, v in info.items() if k.startswith("db"))
-    except Exception as exc:  # noqa: BLE001 - status reports, it does not raise
+    except Exception as exc:
         out["reachable"] = False
         out["error"] = str(exc).split("\n")[0]
     if "binary" not in out:
         with contextlib.suppress(Exception):
-            out["binary"] = _server_for(settings, paths.conf).describe() + " (not running)"
+            out["binary"] = server_for(settings, paths.conf).describe() + " (not running)"
     return out
+
+
+def _exe_of(proc: Any) -> str:
+    """The binary a server was started as (redis rewrites its argv to 'path host:port')."""
+    first = str((proc.cmdline() or [proc.exe()])[0])
+    return first if Path(first).exists() else first.split(" ")[0]
 
 
 def ping(settings: Settings, user: str = "tk-monitor", url: str | None = None) -> float:
@@ -290,5 +305,5 @@ def ping(settings: Settings, user: str = "tk-monitor", url: str | None = None) -
             return (time.perf_counter() - t0) * 1000
     except CredentialsError:
         raise
-    except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds
+    except Exception as exc:
         raise connect.describe_connection_error(exc, full) from None

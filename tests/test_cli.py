@@ -1,0 +1,91 @@
+"""The command line as a user meets it: help, version, stubs, bad flags, start-up cost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+
+from tests.helpers import run_tk
+from toolkit import __version__
+from toolkit.cli import app
+
+
+def _all_commands() -> list[list[str]]:
+    """Every command path, e.g. ['redis', 'harden'], walked from the Typer app."""
+    root = typer.main.get_command(app)
+    paths: list[list[str]] = []
+
+    def walk(cmd: Any, prefix: list[str]) -> None:
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*prefix, name])
+        paths.append(prefix)
+
+    walk(root, [])
+    return [p for p in paths if p]
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=lambda p: " ".join(p))
+def test_every_command_has_help(project: Path, path: list[str]) -> None:
+    result = run_tk(project, *path, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+    cmd = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]  # type: ignore[attr-defined]
+    assert (cmd.help or "").strip(), f"`tk {' '.join(path)}` has no help text"
+
+
+def test_every_command_is_in_the_readme() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [" ".join(p) for p in _all_commands() if f"tk {' '.join(p)}" not in readme]
+    assert not missing, f"commands missing from README.md: {missing}"
+
+
+def test_version(project: Path) -> None:
+    result = run_tk(project, "--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"tk {__version__}"
+
+
+@pytest.mark.parametrize(
+    "args", [["up"], ["down"], ["status"], ["doctor"]], ids=lambda a: " ".join(a)
+)
+def test_unfinished_commands_say_so_and_exit_2(project: Path, args: list[str]) -> None:
+    result = run_tk(project, *args)
+    if "not implemented yet" not in result.output:
+        pytest.skip("implemented since")
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1
+
+
+def test_unknown_flag_is_a_usage_error(project: Path) -> None:
+    result = run_tk(project, "redis", "harden", "--no-such-flag")
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+
+
+def test_help_imports_no_heavy_library() -> None:
+    code = (
+        "import sys; from toolkit.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'fastapi', 'uvicorn', 'rattler', 'redis')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "HEAVY []" in out
+
+
+def test_installed_entry_point_runs() -> None:
+    """One smoke test of the real `tk` script, as installed by pip."""
+    tk = Path(sys.executable).parent / "tk"
+    out = subprocess.run([str(tk), "--version"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"tk {__version__}"

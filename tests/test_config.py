@@ -1,0 +1,67 @@
+"""Settings precedence: flag > TK_* env > tk.yaml > default, and `tk config show`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_tk
+from toolkit.config import Settings
+from toolkit.errors import ConfigError
+
+
+def test_precedence_flag_env_yaml_default(project: Path) -> None:
+    (project / "tk.yaml").write_text("redis:\n  port: 7001\n  maxmemory: 1gb\n")
+    env = {"TK_REDIS_PORT": "7002"}
+    s = Settings.resolve(flags={"project_dir": project}, environ=env)
+    assert (s.redis_port, s.source("redis_port")) == (7002, "env TK_REDIS_PORT")
+    assert (s.redis_maxmemory, s.source("redis_maxmemory")) == (1024**3, "tk.yaml redis.maxmemory")
+    assert (s.redis_policy, s.source("redis_policy")) == ("noeviction", "default")
+    s = Settings.resolve(flags={"project_dir": project, "redis_port": 7003}, environ=env)
+    assert (s.redis_port, s.source("redis_port")) == (7003, "flag")
+
+
+def test_relative_paths_are_under_the_project(project: Path) -> None:
+    (project / "tk.yaml").write_text("state_dir: var/tk\n")
+    s = Settings.resolve(flags={"project_dir": project}, environ={})
+    assert s.state_dir == project.resolve() / "var/tk"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("redis:\n  port: lots\n", "whole number"),
+        ("redis:\n  port: 70000\n", "between 0 and 65535"),
+        ("redis:\n  prot: 1\n", "unknown setting 'redis.prot'"),
+        ("redis: [1\n", "line"),
+    ],
+)
+def test_bad_tk_yaml_names_the_problem(project: Path, yaml_text: str, message: str) -> None:
+    (project / "tk.yaml").write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        Settings.resolve(flags={"project_dir": project}, environ={})
+
+
+def test_config_show_masks_secrets(project: Path) -> None:
+    url = "redis://tk-api:hunter2hunter2@10.0.0.5:6379/0"
+    result = run_tk(project, "config", "show", "--json", env={"TK_REDIS_URL": url})
+    assert result.exit_code == 0
+    assert "hunter2" not in result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["redis_url"]["value"] == "redis://tk-api:***@10.0.0.5:6379/0"
+    assert rows["redis_url"]["source"] == "env TK_REDIS_URL"
+    assert "hunter2" not in repr(Settings.resolve(environ={"TK_REDIS_URL": url}))
+
+
+def test_config_show_table(project: Path) -> None:
+    result = run_tk(project, "config", "show")
+    assert result.exit_code == 0
+    assert "redis_port" in result.output and "6379" in result.output
+
+
+def test_bad_env_value_is_one_line_exit_2(project: Path) -> None:
+    result = run_tk(project, "config", "show", env={"TK_REDIS_PORT": "many"})
+    assert result.exit_code == 2
+    assert result.output.strip() == "tk: error: TK_REDIS_PORT must be a whole number, got 'many'"

@@ -1,0 +1,232 @@
+"""Real redis-server processes on free ports, with the config tk writes, for each build."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.conftest import StartServer
+from tests.helpers import ServerKind, alive, free_port, run_tk
+from toolkit.config import Settings
+from toolkit.redis import connect, credentials
+from toolkit.redis.server import ServerPaths
+
+
+def _client(s: Settings, user: str) -> redis.Redis:
+    return connect.client(s, user)
+
+
+def _pid(s: Settings) -> int:
+    return int(ServerPaths.from_settings(s).pidfile.read_text())
+
+
+def test_generated_config_passes_audit_live_and_as_file(redis_server: Settings) -> None:
+    project = redis_server.project_dir
+    live = run_tk(project, "redis", "audit", "--json")
+    report = json.loads(live.output)
+    assert [f["id"] for f in report["findings"] if f["status"] == "fail"] == []
+    assert live.exit_code == 0
+    assert report["source"] == "live"
+    conf = run_tk(project, "redis", "audit", "--conf", str(project / "redis-conf/redis.conf"))
+    assert conf.exit_code == 0, conf.output
+
+
+def test_unauthenticated_client_is_refused(redis_server: Settings) -> None:
+    port = credentials.load(redis_server.redis_conf_dir).port  # type: ignore[union-attr]
+    no_retry = {"socket_timeout": 5, "retry": Retry(NoBackoff(), 0)}
+    anon = redis.Redis(port=port, **no_retry)
+    with pytest.raises(redis.AuthenticationError):
+        anon.set("tk:x", "1")
+    anon.close()
+    wrong = redis.Redis(port=port, username="tk-api", password="guess", **no_retry)
+    with pytest.raises(redis.AuthenticationError):
+        wrong.ping()
+    wrong.close()
+
+
+def test_producer_is_least_privilege_admin_is_not(redis_server: Settings) -> None:
+    api = _client(redis_server, "tk-api")
+    api.xadd("tk:tasks", {"a": "1"})
+    assert api.xlen("tk:tasks") == 1
+    for denied in (
+        lambda: api.config_get("maxmemory"),
+        api.flushall,
+        lambda: api.keys("*"),
+        lambda: api.get("other:key"),
+        lambda: api.xadd("other:stream", {"a": "1"}),
+        lambda: api.execute_command("SHUTDOWN"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            denied()
+    monitor = _client(redis_server, "tk-monitor")
+    assert monitor.xlen("tk:tasks") == 1
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        monitor.set("tk:x", "1")
+    admin = _client(redis_server, "admin")
+    assert admin.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    assert admin.keys("tk:*") == ["tk:tasks"]
+    assert admin.flushall()
+    for c in (api, monitor, admin):
+        c.close()
+
+
+def test_data_survives_sigkill(redis_server: Settings) -> None:
+    w = _client(redis_server, "tk-worker")
+    for i in range(200):
+        w.set(f"tk:result:{i}", f"value-{i}")
+    w.close()
+    time.sleep(1.5)  # appendfsync everysec: a second later the writes are on disk
+    pid = _pid(redis_server)
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
+    result = run_tk(redis_server.project_dir, "redis", "start")  # stale pidfile is handled
+    assert result.exit_code == 0, result.output
+    admin = _client(redis_server, "admin")
+    assert admin.get("tk:result:199") == "value-199"
+    assert admin.dbsize() == 200
+    admin.close()
+
+
+def test_stop_syncs_and_start_brings_data_back(redis_server: Settings) -> None:
+    project = redis_server.project_dir
+    w = _client(redis_server, "tk-worker")
+    w.set("tk:keep", "1")
+    w.close()
+    pid = _pid(redis_server)
+    stopped = run_tk(project, "redis", "stop")
+    assert stopped.exit_code == 0 and "SHUTDOWN" in stopped.output
+    assert not alive(pid)
+    status = run_tk(project, "redis", "status", "--json")
+    assert status.exit_code == 1 and json.loads(status.output)["running"] is False
+    assert run_tk(project, "redis", "start").exit_code == 0
+    assert _client(redis_server, "admin").get("tk:keep") == "1"
+
+
+def test_status_names_binary_and_version(redis_server: Settings, server_kind: ServerKind) -> None:
+    result = run_tk(redis_server.project_dir, "redis", "status", "--json")
+    info = json.loads(result.output)
+    assert result.exit_code == 0
+    assert info["running"] and info["reachable"] and info["aof_enabled"]
+    assert info["binary"] == str(server_kind.path)
+    flavor = "valkey" if "valkey" in str(server_kind.path) else "redis"
+    assert info["version"].startswith(flavor)
+    assert "PONG" in run_tk(redis_server.project_dir, "redis", "ping").output
+
+
+def test_no_password_in_ps_or_logs(redis_server: Settings) -> None:
+    creds = credentials.load(redis_server.redis_conf_dir)
+    assert creds is not None
+    c = _client(redis_server, "tk-api")
+    c.xadd("tk:tasks", {"a": "1"})
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        c.config_get("*")
+    c.close()
+    run_tk(redis_server.project_dir, "redis", "ping", "--user", "admin")
+    ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    logs = "".join(p.read_text(errors="replace") for p in redis_server.log_dir.glob("*"))
+    pids = subprocess.run(["ps", "-e", "-o", "pid="], capture_output=True, text=True).stdout
+    assert str(_pid(redis_server)) in pids.split()  # the server is in that listing
+    for pw in creds.passwords.values():
+        assert pw not in ps
+        assert pw not in logs
+
+
+def test_port_in_use_is_refused(redis_factory: StartServer, tmp_path: Path) -> None:
+    kind = ServerKind("any", None)
+    first = redis_factory(_first_kind(), proj=tmp_path / "a")
+    port = first.redis_port
+    other = tmp_path / "b"
+    other.mkdir()
+    server = str(_first_kind().path)
+    assert run_tk(other, "redis", "harden", "--port", str(port), "--server", server).exit_code == 0
+    result = run_tk(other, "redis", "start")
+    assert result.exit_code == 1
+    assert f"port {port} is already in use" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (other / ".tk/run/redis.pid").exists()
+    del kind
+
+
+def test_second_start_and_missing_config(redis_server: Settings, tmp_path: Path) -> None:
+    again = run_tk(redis_server.project_dir, "redis", "start")
+    assert again.exit_code == 1 and "already running" in again.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_tk(empty, "redis", "start")
+    assert result.exit_code == 1 and "tk redis harden" in result.output
+
+
+def test_missing_binary_is_one_line(project: Path) -> None:
+    result = run_tk(project, "redis", "start", "--server", "/nonexistent/redis-server")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "tk: error: server binary /nonexistent/redis-server does not exist; "
+        "fix: pass the path of a redis-server binary"
+    )
+
+
+def test_harden_switches_live_aof_on_before_restart(redis_server: Settings) -> None:
+    admin = _client(redis_server, "admin")
+    admin.config_set("appendonly", "no")
+    for i in range(50):
+        admin.set(f"tk:k{i}", i)
+    result = run_tk(redis_server.project_dir, "redis", "harden")
+    assert result.exit_code == 0, result.output
+    assert "switched AOF on" in result.output
+    assert admin.info("persistence")["aof_enabled"] == 1
+    pid = _pid(redis_server)
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
+    assert run_tk(redis_server.project_dir, "redis", "start").exit_code == 0
+    assert _client(redis_server, "admin").dbsize() == 50
+
+
+def test_stock_debian_conf_fails_audit(project: Path) -> None:
+    stock = Path("/etc/redis/redis.conf")
+    if not stock.exists():
+        pytest.skip("Debian's redis-server package is not installed")
+    result = run_tk(project, "redis", "audit", "--conf", str(stock), "--json")
+    assert result.exit_code == 1
+    failed = {f["id"] for f in json.loads(result.output)["findings"] if f["status"] == "fail"}
+    assert {"default-user", "appendonly", "maxmemory"} <= failed
+
+
+def test_allkeys_lru_conf_fails_audit(redis_factory: StartServer, tmp_path: Path) -> None:
+    s = redis_factory(_first_kind(), proj=tmp_path / "lru")
+    conf = s.redis_conf_dir / "redis.conf"
+    conf.write_text(conf.read_text().replace("noeviction", "allkeys-lru"))
+    result = run_tk(s.project_dir, "redis", "audit", "--conf", str(conf))
+    assert result.exit_code == 1
+    assert "maxmemory-policy" in result.output
+    admin = _client(s, "admin")
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    live = json.loads(run_tk(s.project_dir, "redis", "audit", "--json").output)
+    assert [f["id"] for f in live["findings"] if f["status"] == "fail"] == ["maxmemory-policy"]
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _first_kind() -> ServerKind:
+    from tests.helpers import server_kinds
+
+    for k in server_kinds():
+        if k.path is not None:
+            return k
+    pytest.skip("no redis-server build installed")
+
+
+def test_free_port_helper_gives_distinct_ports() -> None:
+    assert len({free_port() for _ in range(5)}) >= 4

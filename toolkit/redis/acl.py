@@ -112,5 +112,11 @@ def role_rule(role: Role, password: str, version: ServerVersion) -> str:
 
 
 def default_user_rule() -> str:
-    """The built-in ``default`` user: off, no password, no rights."""
-    return "user default off resetkeys resetchannels -@all"
+    """The built-in ``default`` user: off, and no password can ever match (no ``nopass``).
+
+    It still holds every permission, because the server replays the append-only file as
+    ``default``: Redis 7.0 and Valkey 8 re-check ACLs at EXEC while loading, and drop every
+    MULTI/EXEC transaction (and script effects, which replicate as one) from the AOF when
+    ``default`` may not run the commands inside. Being off, it admits no connection.
+    """
+    return "user default off resetpass ~* &* +@all"

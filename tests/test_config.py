@@ -65,3 +65,19 @@ def test_bad_env_value_is_one_line_exit_2(project: Path) -> None:
     result = run_tk(project, "config", "show", env={"TK_REDIS_PORT": "many"})
     assert result.exit_code == 2
     assert result.output.strip() == "tk: error: TK_REDIS_PORT must be a whole number, got 'many'"
+
+
+def test_redis_url_credentials_are_completed_per_role(project: Path) -> None:
+    """TK_REDIS_URL without credentials: each role connects as itself with its own password."""
+    from toolkit.redis import connect, credentials
+
+    conf_dir = project / "redis-conf"
+    creds = credentials.Credentials("127.0.0.1", 6379, False, {"tk-api": "a" * 64, "admin": "b"})
+    credentials.save(conf_dir, creds)
+    s = Settings.resolve(flags={"project_dir": project}, environ={})
+    bare = s.with_flags(redis_url="redis://10.0.0.5:6380/0")
+    assert connect.resolve_url(bare, "tk-api") == f"redis://tk-api:{'a' * 64}@10.0.0.5:6380/0"
+    named = s.with_flags(redis_url="redis://admin@10.0.0.5:6380/0")
+    assert connect.resolve_url(named, "tk-api") == "redis://admin:b@10.0.0.5:6380/0"
+    full = s.with_flags(redis_url="redis://u:p@10.0.0.5:6380/0")
+    assert connect.resolve_url(full, "tk-api") == "redis://u:p@10.0.0.5:6380/0"

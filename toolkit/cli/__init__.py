@@ -6,6 +6,8 @@ them, so ``tk --help`` stays fast.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -63,4 +65,15 @@ def root(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if "rattler" in sys.modules:
+            # py-rattler's tokio threads may still be finishing a failed download and touch
+            # the interpreter while it finalizes (a crash after the error was printed).
+            # Nothing is left to clean up here: flush and leave without finalizing.
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        raise

@@ -25,7 +25,7 @@ def resolve_url(settings: Settings, user: str = "admin", url: str | None = None)
     url = url or settings.redis_url
     creds = credentials.load(settings.redis_conf_dir)
     if url:
-        return _fill_password(url, creds)
+        return _fill_password(url, creds, user)
     if creds is None:
         raise CredentialsError(
             f"no Redis credentials in {settings.redis_conf_dir}",
@@ -34,7 +34,10 @@ def resolve_url(settings: Settings, user: str = "admin", url: str | None = None)
     return creds.url(user)
 
 
-def _fill_password(url: str, creds: credentials.Credentials | None) -> str:
+def _fill_password(url: str, creds: credentials.Credentials | None, role: str) -> str:
+    """Complete a URL's credentials: a bare ``redis://host:port`` connects as ``role`` with
+    the password from credentials.json; ``redis://user@host`` takes user's password from
+    TK_REDIS_PASSWORD or credentials.json. A URL with a password is used as it is."""
     try:
         parts = urlsplit(url)
         _ = parts.port
@@ -44,16 +47,21 @@ def _fill_password(url: str, creds: credentials.Credentials | None) -> str:
         raise ConfigError(
             f"bad Redis URL {mask_url(url)}", fix="use redis://[user[:password]@]host:port/0"
         )
-    if parts.password is not None or not parts.username:
+    if parts.password is not None:
         return url
+    from urllib.parse import quote
+
+    if not parts.username:
+        if creds is None or role not in creds.passwords:
+            return url
+        auth = f"{quote(role, safe='')}:{quote(creds.passwords[role], safe='')}@"
+        return parts._replace(netloc=auth + parts.netloc).geturl()
     user = unquote(parts.username)
     password = os.environ.get("TK_REDIS_PASSWORD")
     if password is None and creds is not None:
         password = creds.passwords.get(user)
     if password is None:
         return url
-    from urllib.parse import quote
-
     netloc = f"{parts.username}:{quote(password, safe='')}@{parts.netloc.split('@', 1)[1]}"
     return parts._replace(netloc=netloc).geturl()
 

@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from toolkit.errors import (
     ServerStartError,
 )
 from toolkit.fsutil import ensure_dir
+from toolkit.procs import alive, spawn_detached
 from toolkit.redis import binary as binaries
 from toolkit.redis import connect, credentials
 from toolkit.redis.profile import header_value, rendered_for
@@ -86,21 +86,11 @@ def read_pid(pidfile: Path) -> int | None:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
-    if _alive(pid):
+    if alive(pid):
         return pid
     with contextlib.suppress(OSError):
         pidfile.unlink()
     return None
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _check_conf_matches(conf: Path, version: ServerVersion, server: binaries.ServerBinary) -> None:
@@ -165,38 +155,17 @@ def start(
     argv = [str(server.path), str(paths.conf)]
     if foreground:
         os.execv(argv[0], [*argv, "--logfile", ""])
-    pid = _spawn_detached(argv, cwd=paths.data_dir, out=paths.outfile)
+    pid = spawn_detached(argv, cwd=paths.data_dir, out=paths.outfile)
     _wait_ready(settings, pid, paths, wait or settings.redis_timeout)
     return {"pid": pid, "port": creds.port, "binary": server.describe(),
             "conf": str(paths.conf), "log": str(paths.logfile)}  # fmt: skip
-
-
-_SPAWN = 'cd "$1" || exit 97; shift; out=$1; shift; "$@" </dev/null >>"$out" 2>&1 & echo $!'
-
-
-def _spawn_detached(argv: list[str], cwd: Path, out: Path) -> int:
-    """Start ``argv`` as a daemon: its own session, parent init, output appended to ``out``.
-
-    A short-lived ``sh`` starts it in the background and exits, so the server is nobody's
-    child here (no zombie, survives tk, safe from the terminal's Ctrl-C).
-    """
-    sh = subprocess.run(
-        ["/bin/sh", "-c", _SPAWN, "tk-spawn", str(cwd), str(out), *argv],
-        capture_output=True, text=True, start_new_session=True, timeout=30, check=False,
-    )  # fmt: skip
-    try:
-        return int(sh.stdout.strip())
-    except ValueError:
-        raise ServerStartError(
-            f"could not start {argv[0]}: {sh.stderr.strip() or sh.returncode}"
-        ) from None
 
 
 def _wait_ready(settings: Settings, pid: int, paths: ServerPaths, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             raise ServerStartError(
                 f"redis-server exited during start-up: {_last_error(paths)}",
                 fix=f"see {paths.logfile} and {paths.outfile}",
@@ -243,7 +212,7 @@ def stop(settings: Settings, timeout: float = 30.0) -> str:
         how = "SIGTERM"
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             raise RedisError(
                 f"Redis (pid {pid}) did not exit within {timeout:.0f}s after {how}",

@@ -172,3 +172,14 @@ def test_failed_write_keeps_all_old_files(project: Path, kind: ServerKind) -> No
     assert result.exit_code == 1
     after = {p.name: p.read_bytes() for p in conf_dir.iterdir() if p.is_file()}
     assert after == before  # nothing replaced, no temp files left
+
+
+def test_bind_beyond_loopback_needs_tls_or_force(project: Path, kind: ServerKind) -> None:
+    args = ["redis", "harden", "--server", str(kind.path), "--bind", "127.0.0.1 10.9.8.7"]
+    refused = run_tk(project, *args)
+    assert refused.exit_code == 2
+    assert "clear text" in refused.output and "--tls-cert" in refused.output
+    assert not (project / "redis-conf").exists()
+    forced = run_tk(project, *args, "--force")
+    assert forced.exit_code == 0
+    assert "\nbind 127.0.0.1 10.9.8.7\n" in (project / "redis-conf/redis.conf").read_text()

@@ -43,6 +43,13 @@ def harden_cmd(
         bool, typer.Option("--force", help="Accept an evicting maxmemory-policy.")
     ] = False,
     rotate: Annotated[bool, typer.Option("--rotate", help="Generate new passwords.")] = False,
+    bind: Annotated[
+        OptStr,
+        typer.Option(
+            help="Addresses to listen on, e.g. '127.0.0.1 -::1 10.0.0.5' (beyond loopback: "
+            "needs TLS or --force). [default: 127.0.0.1 -::1]"
+        ),
+    ] = None,
     tls_cert: Annotated[OptPath, typer.Option("--tls-cert", help="TLS certificate.")] = None,
     tls_key: Annotated[OptPath, typer.Option("--tls-key", help="TLS private key.")] = None,
     tls_ca: Annotated[OptPath, typer.Option("--tls-ca", help="CA for client certs.")] = None,
@@ -67,7 +74,8 @@ def harden_cmd(
         redis_durable=durable or None,
         redis_server=server,
     )
-    result = harden(s, tls=check_tls(tls_cert, tls_key, tls_ca), force=force, rotate=rotate)
+    tls = check_tls(tls_cert, tls_key, tls_ca)
+    result = harden(s, tls=tls, force=force, rotate=rotate, bind=bind)
     for w in result.warnings:
         warn(w)
     out: dict[str, Any] = {

@@ -21,6 +21,7 @@ from toolkit.redis import connect, credentials
 from toolkit.redis.profile import (
     HardenProfile,
     TlsFiles,
+    check_bind,
     check_policy,
     default_maxmemory,
     render_acl,
@@ -42,12 +43,14 @@ class HardenResult:
     users: list[str] = field(default_factory=list)
 
 
-def build_profile(settings: Settings, tls: TlsFiles | None, force: bool) -> tuple[
-    HardenProfile, list[str]
-]:  # fmt: skip
+def build_profile(
+    settings: Settings, tls: TlsFiles | None, force: bool, bind: str | None = None
+) -> tuple[HardenProfile, list[str]]:
     import psutil
 
     warnings = check_policy(settings.redis_policy, force)
+    bind_line, bind_warnings = check_bind(bind, tls, force)
+    warnings += bind_warnings
     paths = ServerPaths.from_settings(settings)
     maxmemory = settings.redis_maxmemory or default_maxmemory(psutil.virtual_memory().total)
     profile = HardenProfile(
@@ -60,6 +63,7 @@ def build_profile(settings: Settings, tls: TlsFiles | None, force: bool) -> tupl
         pidfile=paths.pidfile,
         aclfile=paths.aclfile,
         tls=tls,
+        bind=bind_line,
     )
     return profile, warnings
 
@@ -97,6 +101,7 @@ def harden(
     tls: TlsFiles | None = None,
     force: bool = False,
     rotate: bool = False,
+    bind: str | None = None,
 ) -> HardenResult:
     conf_dir = settings.redis_conf_dir
     paths = ServerPaths.from_settings(settings)
@@ -104,7 +109,7 @@ def harden(
     if existing is not None and settings.source("redis_port") == "default":
         # Re-running keeps the earlier choice of port rather than resetting it to 6379.
         settings = dataclasses.replace(settings, redis_port=existing.port)
-    profile, warnings = build_profile(settings, tls, force)
+    profile, warnings = build_profile(settings, tls, force, bind)
     server = server_for(settings, paths.conf)
     passwords = credentials.passwords_for(existing, rotate)
     creds = credentials.Credentials(

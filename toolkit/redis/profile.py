@@ -80,6 +80,28 @@ def check_policy(policy: str, force: bool) -> list[str]:
     return [message]
 
 
+def is_loopback(address: str) -> bool:
+    a = address.lstrip("-")
+    return a in {"::1", "localhost"} or a.startswith("127.")
+
+
+def check_bind(bind: str | None, tls: TlsFiles | None, force: bool) -> tuple[str, list[str]]:
+    """The bind line; beyond loopback without TLS passwords cross the network in clear text,
+    so it needs ``force``. Returns (bind, warnings)."""
+    if not bind or not bind.split():
+        return BIND_LOOPBACK, []
+    addresses = bind.split()
+    wide = [a for a in addresses if not is_loopback(a)]
+    if not wide or tls is not None:
+        return " ".join(addresses), []
+    message = (
+        f"bind {' '.join(wide)} without TLS: passwords and images cross the network in clear text"
+    )
+    if not force:
+        raise UnsafeConfigError(message, fix="add --tls-cert/--tls-key, or pass --force")
+    return " ".join(addresses), [message]
+
+
 def check_tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
     if cert is None and key is None and ca is None:
         return None

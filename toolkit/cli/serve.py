@@ -1,27 +1,252 @@
-"""``tk worker | api | submit``: the inference service (filled in by the inference issue)."""
+"""``tk worker | api | submit``: the inference service.
+
+torch is imported only by ``tk worker``; ``tk api`` and ``tk submit`` never import it.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
 
-from toolkit.cli._common import not_yet
+from toolkit.cli._common import handle_errors
+from toolkit.cli.state import settings
+from toolkit.config import Settings
+from toolkit.errors import UsageError
 
-_ISSUE = "issue 4, the inference service"
-
-
-def worker() -> None:
-    """Run an inference worker (not implemented yet)."""
-    not_yet("tk worker", _ISSUE)
-
-
-def api() -> None:
-    """Run the HTTP API (not implemented yet)."""
-    not_yet("tk api", _ISSUE)
+OptStr = Optional[str]  # noqa: UP045 - typer needs Optional on 3.10
+OptInt = Optional[int]  # noqa: UP045
+OptFloat = Optional[float]  # noqa: UP045
 
 
-def submit() -> None:
-    """Send images to the API (not implemented yet)."""
-    not_yet("tk submit", _ISSUE)
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+def queue_config(s: Settings) -> Any:
+    from toolkit.queue.protocol import QueueConfig
+
+    return QueueConfig(
+        result_ttl_s=s.queue_result_ttl,
+        visibility_ms=s.queue_visibility_ms,
+        max_deliveries=s.queue_max_deliveries,
+    )
+
+
+def allow_roots(s: Settings) -> tuple[Path, ...]:
+    """``serve.allow_paths``: directories separated by ``:`` or ``,``; relative to the project."""
+    if not s.serve_allow_paths:
+        return ()
+    parts = [p.strip() for p in s.serve_allow_paths.replace(",", ":").split(":") if p.strip()]
+    return tuple((s.project_dir / Path(p).expanduser()) for p in parts)
+
+
+def read_token(s: Settings) -> str | None:
+    if s.serve_token_file is None:
+        return None
+    try:
+        token = s.serve_token_file.read_text().strip()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the API token file {s.serve_token_file}: {exc.strerror}"
+        ) from None
+    if not token:
+        raise UsageError(f"the API token file {s.serve_token_file} is empty")
+    return token
+
+
+def worker(
+    model: Annotated[
+        OptStr,
+        typer.Option(
+            help="efficientnet-lite0 | torchvision:<arch>=<file> | torchscript:<file>. "
+            "[env: TK_SERVE_MODEL]"
+        ),
+    ] = None,
+    device: Annotated[OptStr, typer.Option(help="auto, cpu, cuda, cuda:N. [default: auto]")] = None,
+    max_batch: Annotated[OptInt, typer.Option(help="Tasks per forward pass. [default: 4]")] = None,
+    max_delay_ms: Annotated[
+        OptInt, typer.Option(help="Wait this long to fill a batch. [default: 5]")
+    ] = None,
+    threads: Annotated[
+        OptInt, typer.Option(help="Torch threads. [default: cores / serve.workers]")
+    ] = None,
+    name: Annotated[OptStr, typer.Option(help="Consumer name. [default: host-pid-random]")] = None,
+    optimize: Annotated[
+        str, typer.Option(help="trace (channels_last + jit trace + freeze) or eager.")
+    ] = "trace",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Run an inference worker: load the model once, claim batches from Redis, store results.
+
+    Connects as the tk-worker ACL user. SIGTERM finishes the batch in hand and exits 0.
+    """
+    code = _worker(model, device, max_batch, max_delay_ms, threads, name, optimize, log_level)
+    raise typer.Exit(code)
+
+
+@handle_errors
+def _worker(
+    model: str | None,
+    device: str | None,
+    max_batch: int | None,
+    max_delay_ms: int | None,
+    threads: int | None,
+    name: str | None,
+    optimize: str,
+    log_level: str,
+) -> int:
+    import os
+
+    from toolkit.queue.client import binary_client
+    from toolkit.serve.batching import default_threads
+    from toolkit.serve.worker import Worker, WorkerConfig, default_consumer_name
+
+    if optimize not in ("trace", "eager"):
+        raise UsageError(f"--optimize must be trace or eager, got {optimize!r}")
+    s = settings(
+        serve_model=model,
+        serve_device=device,
+        serve_max_batch=max_batch,
+        serve_max_delay_ms=max_delay_ms,
+        serve_threads=threads,
+    )
+    _logging(log_level)
+    n_threads = s.serve_threads or default_threads(s.serve_workers, os.cpu_count())
+    cfg = WorkerConfig(
+        consumer=name or default_consumer_name(),
+        model=s.serve_model,
+        device=s.serve_device,
+        max_batch=s.serve_max_batch,
+        max_delay_ms=s.serve_max_delay_ms,
+        threads=n_threads,
+        max_pixels=s.serve_max_image_pixels,
+        queue=queue_config(s),
+        optimize=optimize,
+    )
+    w = Worker(cfg, lambda: binary_client(s, "tk-worker"))
+    w.install_signals()
+    try:
+        return w.run()
+    except redis_errors() as exc:
+        from toolkit.redis import connect
+
+        raise connect.describe_connection_error(exc, connect.resolve_url(s, "tk-worker")) from None
+
+
+def redis_errors() -> tuple[type[Exception], ...]:
+    import redis
+
+    return (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.AuthenticationError,
+        redis.exceptions.NoPermissionError,
+    )
+
+
+@handle_errors
+def api(
+    host: Annotated[OptStr, typer.Option(help="Address to listen on. [default: 127.0.0.1]")] = None,
+    port: Annotated[OptInt, typer.Option(help="Port to listen on. [default: 8000]")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Run the HTTP API (FastAPI on uvicorn): POST /predict, GET /result/{id}, /metrics.
+
+    Connects as the tk-api ACL user; never loads torch. OpenAPI at /docs and /openapi.json.
+    """
+    from toolkit.queue.client import async_client
+    from toolkit.serve.api import ApiConfig, serve
+
+    s = settings(serve_host=host, serve_port=port)
+    _logging(log_level)
+    cfg = ApiConfig(
+        client_factory=lambda: async_client(s, "tk-api"),
+        queue=queue_config(s),
+        max_depth=s.queue_max_depth,
+        max_image_bytes=s.serve_max_image_bytes,
+        max_pixels=s.serve_max_image_pixels,
+        allow_roots=allow_roots(s),
+        token=read_token(s),
+    )
+    logging.getLogger("tk.api").info(
+        "API on http://%s:%d (queue limit %d)", s.serve_host, s.serve_port, s.queue_max_depth
+    )
+    serve(cfg, s.serve_host, s.serve_port, log_level=log_level.lower())
+
+
+def submit(
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the results.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    url: Annotated[
+        OptStr,
+        typer.Option(help="API URL. [default: the running stack's, else serve.host:serve.port]"),
+    ] = None,
+    top_k: Annotated[OptInt, typer.Option("--top-k", help="Labels per image. [default: 5]")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each result.")] = 120.0,
+) -> None:
+    """Send images to the API (concurrently); with --wait print each top-k.
+
+    Exit 1 if any image failed (rejected, failed in the worker, or timed out).
+    """
+    raise typer.Exit(_submit(images, wait, as_json, url, top_k, concurrency, timeout))
+
+
+@handle_errors
+def _submit(
+    images: list[Path],
+    wait: bool,
+    as_json: bool,
+    url: str | None,
+    top_k: int | None,
+    concurrency: int,
+    timeout: float,
+) -> int:
+    import asyncio
+
+    from toolkit.serve.client import submit_all
+
+    if concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    s = settings(serve_url=url)
+    base = s.serve_url or _running_api(s) or f"http://{s.serve_host}:{s.serve_port}"
+    subs = asyncio.run(
+        submit_all(base, list(images), wait, timeout, concurrency, read_token(s), top_k)
+    )
+    for sub in subs:
+        if as_json:
+            typer.echo(json.dumps(sub.to_dict()))
+        else:
+            typer.echo(_human(sub))
+    return 0 if all(sub.ok for sub in subs) else 1
+
+
+def _running_api(s: Settings) -> str | None:
+    """The API URL of the stack `tk up` runs for this project, if one runs."""
+    from toolkit.stack import state
+
+    data = state.running(s.run_dir)
+    return str(data["api_url"]) if data and data.get("api_url") else None
+
+
+def _human(sub: Any) -> str:
+    head = f"{sub.image}: {sub.status}"
+    if sub.id:
+        head += f" (task {sub.id})"
+    if sub.error:
+        return f"{head}: {sub.error}"
+    preds = ", ".join(f"{p['label']} {p['score']:.2f} [{p['index']}]" for p in sub.top_k[:3])
+    return f"{head}: {preds}" if preds else head
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,616 @@
+"""Benchmark the inference service end to end and against its in-process ceiling.
+
+    .venv/bin/python bench/bench_serve.py                      # ceiling + HTTP sweep
+    .venv/bin/python bench/bench_serve.py --long 10000         # + a 10,000-task RSS run
+
+Ceiling: the same model on the same image bytes, decode + preprocess + forward in-process (no
+queue, no HTTP), eager and channels_last + trace + freeze, batch sizes 1..8, as one process
+with all cores and as one single-threaded process per core; the best of these is the ceiling.
+
+End to end: a hardened redis-server, the API and N workers (real processes, least-privilege
+users), driven over HTTP by a lean keep-alive client at several concurrencies; each request
+is POST /predict (raw image body) then GET /result/{id}?wait=30. Prints throughput and
+p50/p95/p99 latency, RSS of every process, and Redis memory per waiting task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def image_bytes(name: str) -> bytes:
+    """A sample photo from scikit-image's wheel, as a quality-90 JPEG."""
+    import skimage
+    from PIL import Image
+
+    img = Image.open(Path(skimage.__file__).parent / "data" / f"{name}.png").convert("RGB")
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+# --- ceiling --------------------------------------------------------------------------------
+
+
+def _pipeline_worker(
+    data: bytes, how: str, batch: int, threads: int, seconds: float, start: Any, out: Any
+) -> None:
+    import torch
+
+    from toolkit.serve import models
+    from toolkit.serve.images import load_rgb
+
+    torch.set_num_threads(threads)
+    m = models.load("efficientnet-lite0", "cpu", how)
+    models.warm_up(m, [batch])
+
+    def step() -> None:
+        arrays = [load_rgb(data, 224, 256, 10**8) for _ in range(batch)]
+        m.forward(m.prepare(arrays))
+
+    for _ in range(3):
+        step()
+    start.wait()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += batch
+    out.put(n / (time.perf_counter() - t0))
+
+
+def ceiling_run(data: bytes, how: str, batch: int, procs: int, threads: int, sec: float) -> float:
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    ps = [
+        ctx.Process(target=_pipeline_worker, args=(data, how, batch, threads, sec, start, out))
+        for _ in range(procs)
+    ]
+    for p in ps:
+        p.start()
+    time.sleep(0.5)
+    # every process has loaded and warmed up when its first steps finish; give them time
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(p.is_alive() for p in ps):
+        time.sleep(0.1)
+    time.sleep(6.0 if procs > 1 else 3.0)
+    start.set()
+    rates = [out.get(timeout=sec + 180) for _ in ps]
+    for p in ps:
+        p.join()
+    return float(sum(rates))
+
+
+def ceiling(data: bytes, seconds: float, batches: list[int]) -> list[dict[str, Any]]:
+    cores = os.cpu_count() or 1
+    rows = []
+    for how in ("trace", "eager"):
+        for batch in batches if how == "trace" else [1, 4]:
+            for label, procs, threads in (
+                (f"1 proc x {cores} threads", 1, cores),
+                (f"{cores} procs x 1 thread", cores, 1),
+            ):
+                rate = ceiling_run(data, how, batch, procs, threads, seconds)
+                rows.append({"model": how, "batch": batch, "layout": label, "images_s": rate})
+                print(
+                    f"  ceiling {how:5} batch {batch}  {label:22} {rate:7.1f} images/s", flush=True
+                )
+    return rows
+
+
+# --- a lean HTTP client -----------------------------------------------------------------------
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (just what the benchmark needs)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", ctype: str = ""
+    ) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if body or method == "POST":
+            head += f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v.strip())
+        payload = await self.reader.readexactly(length)
+        return status, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    seconds: float
+    done: int = 0
+    errors: int = 0
+    rejected: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        lat = sorted(self.latencies) or [0.0]
+
+        def pct(p: float) -> float:
+            return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000
+
+        return {
+            "concurrency": self.concurrency,
+            "images_s": self.done / self.seconds,
+            "p50_ms": pct(50),
+            "p95_ms": pct(95),
+            "p99_ms": pct(99),
+            "done": self.done,
+            "errors": self.errors,
+            "rejected_503": self.rejected,
+        }
+
+
+async def _client_loop(
+    port: int, data: bytes, stop_at: float, res: LoadResult, record_from: float
+) -> None:
+    conn = Conn("127.0.0.1", port)
+    try:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            status, body = await conn.request("POST", "/predict", data, "image/jpeg")
+            if status == 503:
+                res.rejected += 1
+                await asyncio.sleep(0.05)
+                continue
+            if status != 202:
+                res.errors += 1
+                continue
+            tid = json.loads(body)["id"]
+            while True:
+                status, body = await conn.request("GET", f"/result/{tid}?wait=30")
+                doc = json.loads(body)
+                if doc.get("status") != "pending":
+                    break
+            if doc.get("status") != "completed":
+                res.errors += 1
+            elif t0 >= record_from:
+                res.done += 1
+                res.latencies.append(time.perf_counter() - t0)
+    finally:
+        conn.close()
+
+
+async def drive(
+    port: int, data: bytes, concurrency: int, seconds: float, warmup: float
+) -> LoadResult:
+    start = time.perf_counter()
+    record_from = start + warmup
+    stop_at = record_from + seconds
+    res = LoadResult(concurrency, seconds)
+    await asyncio.gather(
+        *(_client_loop(port, data, stop_at, res, record_from) for _ in range(concurrency))
+    )
+    # requests recorded started in [record_from, stop_at); count throughput over that window
+    return res
+
+
+async def drive_count(port: int, data: bytes, concurrency: int, total: int, sample: Any) -> float:
+    """Push ``total`` tasks through at ``concurrency``; call sample() every 2 s. -> seconds."""
+    left = [total]
+
+    async def loop() -> None:
+        conn = Conn("127.0.0.1", port)
+        try:
+            while left[0] > 0:
+                left[0] -= 1
+                status, body = await conn.request("POST", "/predict", data, "image/jpeg")
+                if status != 202:
+                    left[0] += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                tid = json.loads(body)["id"]
+                while (
+                    json.loads((await conn.request("GET", f"/result/{tid}?wait=30"))[1]).get(
+                        "status"
+                    )
+                    == "pending"
+                ):
+                    pass
+        finally:
+            conn.close()
+
+    async def sampler() -> None:
+        while left[0] > 0:
+            sample()
+            await asyncio.sleep(2.0)
+
+    t0 = time.perf_counter()
+    s = asyncio.create_task(sampler())
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    s.cancel()
+    sample()
+    return time.perf_counter() - t0
+
+
+# --- the stack --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(
+        self, workers: int, threads: int, max_batch: int, max_delay_ms: int, result_ttl: int = 60
+    ) -> None:
+        from toolkit.config import Settings
+        from toolkit.redis import server as srv
+        from toolkit.redis.harden import harden
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="tk-bench-"))
+        self.settings = Settings.resolve(flags={"project_dir": self.tmp, "redis_port": free_port()})
+        harden(self.settings)
+        self.redis_pid = int(srv.start(self.settings)["pid"])
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TK_")}
+        self.env.update(
+            TK_PROJECT_DIR=str(self.tmp),
+            TK_REDIS_PORT=str(self.settings.redis_port),
+            TK_SERVE_PORT=str(self.port),
+            TK_QUEUE_MAX_DEPTH="100000",
+            TK_SERVE_WORKERS=str(workers),
+            TK_QUEUE_RESULT_TTL=str(result_ttl),
+        )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._spawn("api", "api", "--log-level", "warning")
+        self._wait_http("/healthz")
+        self.workers = (workers, threads, max_batch, max_delay_ms)
+
+    def start_workers(self) -> None:
+        workers, threads, max_batch, max_delay_ms = self.workers
+        for i in range(workers):
+            self._spawn(
+                f"w{i}",
+                "worker",
+                "--name",
+                f"w{i}",
+                "--threads",
+                str(threads),
+                "--max-batch",
+                str(max_batch),
+                "--max-delay-ms",
+                str(max_delay_ms),
+                "--log-level",
+                "warning",
+            )
+        self._wait_ready(workers)
+
+    def _spawn(self, name: str, *args: str) -> None:
+        log = (self.tmp / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "toolkit", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.tmp,
+            start_new_session=True,
+        )
+
+    def _wait_http(self, path: str) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{path} did not answer; see {self.tmp}")
+
+    def _wait_ready(self, workers: int) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2)
+                if r.status_code == 200 and r.json()["workers"] >= workers:
+                    return
+            time.sleep(0.3)
+        raise RuntimeError("stack did not become ready; see " + str(self.tmp))
+
+    def pids(self) -> dict[str, int]:
+        out = {name: p.pid for name, p in self.procs.items()}
+        out["redis"] = self.redis_pid
+        return out
+
+    def rss_mb(self) -> dict[str, float]:
+        import psutil
+
+        out = {}
+        for name, pid in self.pids().items():
+            with contextlib.suppress(psutil.Error):
+                out[name] = psutil.Process(pid).memory_info().rss / 2**20
+        return out
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by each process (and by this benchmark's client)."""
+        import psutil
+
+        out = {}
+        for name, pid in [*self.pids().items(), ("client", os.getpid())]:
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(pid).cpu_times()
+                out[name] = t.user + t.system
+        return out
+
+    def admin(self) -> Any:
+        from toolkit.redis import connect
+
+        return connect.client(self.settings, "admin")
+
+    def stop_workers(self) -> None:
+        for name, p in self.procs.items():
+            if name.startswith("w") and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in self.procs.items():
+            if name.startswith("w"):
+                p.wait(60)
+
+    def close(self) -> None:
+        import psutil
+
+        from toolkit.redis import server as srv
+
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        with contextlib.suppress(Exception):
+            srv.stop(self.settings, timeout=10)
+        with contextlib.suppress(psutil.Error):  # only if SHUTDOWN did not end it
+            proc = psutil.Process(self.redis_pid)
+            if "redis" in proc.name() or "valkey" in proc.name():
+                proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def redis_bytes_per_task(stack: Stack, data: bytes, n: int = 200) -> dict[str, float]:
+    """Before any worker starts: used_memory grown per waiting task vs the image's bytes.
+    The tasks are deleted afterwards (as admin), so the workers never see them."""
+    import httpx
+
+    r = stack.admin()
+    before = int(r.info("memory")["used_memory"])
+    with httpx.Client(base_url=f"http://127.0.0.1:{stack.port}") as c:
+        for _ in range(n):
+            assert (
+                c.post("/predict", content=data, headers={"content-type": "image/jpeg"}).status_code
+                == 202
+            )
+    after = int(r.info("memory")["used_memory"])
+    per = (after - before) / n
+    marker = int(r.memory_usage("tk:result:" + _any_result_id(r)) or 0)
+    keys = list(r.scan_iter(match="tk:result:*", count=1000))
+    r.delete("tk:tasks", *keys)
+    r.close()
+    # The stream entry is one listpack allocation; jemalloc rounds it up to its size class
+    # (4 classes per power of two), which no protocol change can avoid.
+    entry = len(data) + 64
+    rounding = jemalloc_class(entry) - entry
+    return {
+        "image_bytes": len(data),
+        "redis_bytes_per_task": per,
+        "overhead_total": per - len(data),
+        "allocator_rounding": rounding,
+        "overhead_without_rounding": per - len(data) - rounding,
+        "pending_marker_bytes": marker,
+    }
+
+
+def _any_result_id(r: Any) -> str:
+    for key in r.scan_iter(match="tk:result:*", count=100):
+        return str(key).split(":", 2)[2]
+    return ""
+
+
+def jemalloc_class(n: int) -> int:
+    """The size jemalloc really allocates for ``n`` bytes (large classes: 4 per doubling)."""
+    if n <= 16:
+        return 16
+    k = (n - 1).bit_length() - 1
+    step = max(16, 1 << (k - 2))
+    return -(-n // step) * step
+
+
+def print_table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
+    print("  " + "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  " + "  ".join(_fmt(r.get(c)).rjust(w) for c, w in zip(cols, widths, strict=True)))
+
+
+def _mb(d: dict[str, float]) -> dict[str, int]:
+    return {k: round(v) for k, v in d.items()}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image", default="chelsea")
+    ap.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    ap.add_argument("--concurrency", default="1,4,16,64")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-batch", type=int, default=4)
+    ap.add_argument("--max-delay-ms", type=int, default=5)
+    ap.add_argument("--batches", default="1,2,4,8", help="ceiling batch-size sweep")
+    ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--long", type=int, default=0, help="tasks in an RSS-flatness run")
+    ap.add_argument(
+        "--result-ttl",
+        type=int,
+        default=60,
+        help="result TTL (s) for the run, so Redis reaches a steady state",
+    )
+    ap.add_argument("--json", type=Path, help="write all figures here")
+    args = ap.parse_args()
+
+    data = image_bytes(args.image)
+    report: dict[str, Any] = {
+        "image": args.image,
+        "image_bytes": len(data),
+        "cpus": os.cpu_count(),
+        "args": vars(args) | {"json": None},
+    }
+    print(f"image {args.image}: {len(data)} bytes JPEG; {os.cpu_count()} CPUs", flush=True)
+    if not args.skip_ceiling:
+        print("ceiling (decode + preprocess + forward, in-process):", flush=True)
+        rows = ceiling(data, args.seconds, [int(b) for b in args.batches.split(",")])
+        report["ceiling"] = rows
+        best = max(rows, key=lambda r: r["images_s"])
+        report["ceiling_best"] = best
+        print(
+            f"  best: {best['images_s']:.1f} images/s ({best['model']}, batch {best['batch']}, "
+            f"{best['layout']})",
+            flush=True,
+        )
+    if not args.skip_http:
+        stack = Stack(
+            args.workers, args.threads, args.max_batch, args.max_delay_ms, args.result_ttl
+        )
+        try:
+            report["redis_memory"] = redis_bytes_per_task(stack, data)
+            print(f"  redis per waiting task: {report['redis_memory']}", flush=True)
+            stack.start_workers()
+            report["rss_idle_mb"] = stack.rss_mb()
+            rows = []
+            for c in [int(x) for x in args.concurrency.split(",")]:
+                cpu0, t0 = stack.cpu_s(), time.perf_counter()
+                res = asyncio.run(drive(stack.port, data, c, args.seconds, warmup=2.0))
+                cpu1, wall = stack.cpu_s(), time.perf_counter() - t0
+                rows.append(res.row())
+                share = {k: round(100 * (cpu1[k] - cpu0.get(k, 0)) / wall) for k in cpu1}
+                rows[-1]["cpu_pct"] = share
+                print(f"  cpu % of one core: {share}", flush=True)
+                print(
+                    f"  http concurrency {c:3}: {rows[-1]['images_s']:6.1f} images/s  "
+                    f"p50 {rows[-1]['p50_ms']:.0f} ms  p95 {rows[-1]['p95_ms']:.0f} ms  "
+                    f"p99 {rows[-1]['p99_ms']:.0f} ms",
+                    flush=True,
+                )
+            report["http"] = rows
+            report["rss_after_sweep_mb"] = stack.rss_mb()
+            if args.long:
+                samples: list[dict[str, float]] = []
+                conc = max(int(x) for x in args.concurrency.split(","))
+                secs = asyncio.run(
+                    drive_count(
+                        stack.port, data, conc, args.long, lambda: samples.append(stack.rss_mb())
+                    )
+                )
+                report["long"] = _flatness(samples, args.long, secs)
+                print(
+                    f"  long run: {args.long} tasks in {secs:.0f} s; RSS drift % "
+                    f"{report['long']['drift_pct']}; spread % {report['long']['spread_pct']}; "
+                    f"first MB {_mb(report['long']['first_mb'])}; "
+                    f"last MB {_mb(report['long']['last_mb'])}",
+                    flush=True,
+                )
+            stack.stop_workers()
+        finally:
+            stack.close()
+        print("\nend to end:")
+        print_table(
+            report["http"],
+            [
+                "concurrency",
+                "images_s",
+                "p50_ms",
+                "p95_ms",
+                "p99_ms",
+                "done",
+                "errors",
+                "rejected_503",
+            ],
+        )
+        print("RSS (MB) idle:", {k: round(v) for k, v in report["rss_idle_mb"].items()})
+        print("RSS (MB) after:", {k: round(v) for k, v in report["rss_after_sweep_mb"].items()})
+        if "ceiling_best" in report:
+            best_http = max(r["images_s"] for r in report["http"])
+            report["ratio"] = best_http / report["ceiling_best"]["images_s"]
+            print(
+                f"saturation {best_http:.1f} images/s = {report['ratio']:.2f} x ceiling "
+                f"{report['ceiling_best']['images_s']:.1f}"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _flatness(samples: list[dict[str, float]], tasks: int, secs: float) -> dict[str, Any]:
+    """RSS per process over the run: drift = last vs first sample after the first 10%
+    (warm-up), and the spread (max - min) of those samples, both in % of the first."""
+    skip = max(1, len(samples) // 10)
+    steady = samples[skip:] or samples
+    drift, spread = {}, {}
+    for name in steady[0]:
+        series = [s[name] for s in steady if name in s]
+        drift[name] = round(100 * (series[-1] - series[0]) / series[0], 1)
+        spread[name] = round(100 * (max(series) - min(series)) / series[0], 1)
+    return {
+        "tasks": tasks,
+        "seconds": secs,
+        "images_s": tasks / secs,
+        "drift_pct": drift,
+        "spread_pct": spread,
+        "first_mb": steady[0],
+        "last_mb": steady[-1],
+        "samples": samples,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

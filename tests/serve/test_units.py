@@ -1,0 +1,134 @@
+"""Pure pieces: batching policy, metrics, image checks, model specs, lazy imports."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+from tests.serve.stack import jpeg, photo
+from toolkit.errors import ConfigError, UsageError
+from toolkit.serve import metrics
+from toolkit.serve.batching import BatchPolicy, Read, default_threads
+from toolkit.serve.images import ImageRejected, inspect, load_rgb
+
+
+def test_batch_policy_fills_until_full_or_deadline() -> None:
+    p = BatchPolicy(max_batch=4, max_delay_ms=10, idle_block_ms=1000)
+    assert p.next_read(0, None, 5.0) == Read(4, 1000)  # idle: block for anything
+    # filling: poll without blocking (a server-side BLOCK timeout fires up to 100 ms late)
+    assert p.next_read(1, 5.0, 5.002) == Read(3, None, 1.0)
+    step = p.next_read(3, 5.0, 5.0095)
+    assert step is not None and step.block_ms is None and step.pause_ms == pytest.approx(0.5)
+    assert p.next_read(3, 5.0, 5.0101) is None  # the delay is spent: run
+    assert p.next_read(4, 5.0, 5.0) is None  # full
+    assert BatchPolicy(8, 0).next_read(1, 1.0, 1.0) is None  # no delay: run what we have
+    with pytest.raises(ConfigError):
+        BatchPolicy(0, 5)
+    with pytest.raises(ConfigError):
+        BatchPolicy(4, -1)
+
+
+def test_threads_do_not_oversubscribe() -> None:
+    assert default_threads(workers=2, cpus=2) == 1
+    assert default_threads(workers=1, cpus=16) == 16
+    assert default_threads(workers=4, cpus=2) == 1
+    assert default_threads(workers=3, cpus=None) == 1
+
+
+def test_metrics_render_cumulative_buckets() -> None:
+    inc = metrics.batch_increments(3, 1, 0.02, [0.04, 0.2, 0.2, 100.0])
+    assert inc["tasks_completed"] == 3 and inc["tasks_failed"] == 1
+    # counters are ints (HINCRBY), sums floats (HINCRBYFLOAT) even when whole: a field must
+    # never switch between the two, or Redis refuses the increment
+    assert all(isinstance(v, int) for k, v in inc.items() if not k.endswith(":sum"))
+    whole = metrics.batch_increments(1, 0, 1.0, [1.0])
+    assert all(isinstance(whole[k], float) for k in whole if k.endswith(":sum"))
+    stored = {k.encode(): str(v).encode() for k, v in inc.items()}
+    text = metrics.render(stored, {"tk_queue_waiting": ("waiting", 7)})
+    assert "tk_queue_waiting 7" in text
+    assert 'tk_tasks_total{outcome="failed"} 1' in text
+    assert 'tk_task_latency_seconds_bucket{le="0.05"} 1' in text
+    assert 'tk_task_latency_seconds_bucket{le="0.25"} 3' in text
+    assert 'tk_task_latency_seconds_bucket{le="+Inf"} 4' in text
+    assert "tk_task_latency_seconds_count 4" in text
+    assert 'tk_batch_size_bucket{le="4"} 1' in text
+
+
+def test_inspect_accepts_photos_and_names_problems() -> None:
+    info = inspect(jpeg("chelsea.png"), max_pixels=10**7)
+    assert (info.format, info.width, info.height) == ("JPEG", 451, 300)
+    assert inspect(photo("coffee.png"), max_pixels=10**7).format == "PNG"
+    cases = [
+        (b"", 400, "empty"),
+        (b"GIF89a? no", 415, "not an image"),
+        (b"plain text", 415, "not an image"),
+        (jpeg()[:3000], 400, "truncated JPEG"),
+        (photo("coffee.png")[:5000], 400, "PNG"),
+    ]
+    for data, status, words in cases:
+        with pytest.raises(ImageRejected) as err:
+            inspect(data, max_pixels=10**7)
+        assert err.value.status == status and words in err.value.message, err.value.message
+    with pytest.raises(ImageRejected, match="451x300 = 135,300 pixels"):
+        inspect(jpeg("chelsea.png"), max_pixels=100_000)
+    with pytest.raises(ImageRejected, match="over the limit of 10"):
+        inspect(jpeg(), max_pixels=10**7, max_bytes=10)
+
+
+def test_load_rgb_crops_to_the_model_input() -> None:
+    from PIL import Image
+
+    arr = load_rgb(jpeg("coffee.png"), 224, 256, 10**7)
+    assert arr.shape == (224, 224, 3) and str(arr.dtype) == "uint8"
+    tall = io.BytesIO()
+    Image.new("L", (50, 900), 128).save(tall, "PNG")  # grey, small and tall
+    assert load_rgb(tall.getvalue(), 224, 256, 10**7).shape == (224, 224, 3)
+    with pytest.raises(ImageRejected):
+        load_rgb(jpeg()[:3000], 224, 256, 10**7)
+
+
+def test_model_specs() -> None:
+    from toolkit.serve.models import parse_spec
+
+    assert parse_spec("efficientnet-lite0").kind == "builtin"
+    s = parse_spec("torchvision:resnet50=/m/resnet50.pth")
+    assert (s.kind, s.name, str(s.path)) == ("torchvision", "resnet50", "/m/resnet50.pth")
+    assert parse_spec("torchscript:/m/model.pt").kind == "torchscript"
+    for bad in ("resnet50", "torchvision:resnet50", "torchscript:", "onnx:x"):
+        with pytest.raises(UsageError, match="unknown model"):
+            parse_spec(bad)
+
+
+def _imports_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return set(out.stdout.split())
+
+
+def test_heavy_imports_stay_lazy() -> None:
+    cli = _imports_after("from toolkit.cli import app")
+    assert not {"torch", "torchvision", "fastapi", "PIL", "numpy"} & cli
+    api = _imports_after("import toolkit.serve.api, toolkit.queue.client, toolkit.cli.serve")
+    assert "fastapi" in api and "torch" not in api and "numpy" not in api
+
+
+def test_commands_have_help() -> None:
+    from tests.helpers import run_tk
+
+    for args in (
+        ["worker", "--help"],
+        ["api", "--help"],
+        ["submit", "--help"],
+        ["queue", "depth", "--help"],
+        ["queue", "dlq", "--help"],
+    ):
+        r = run_tk(__import__("pathlib").Path("."), *args)
+        assert r.exit_code == 0 and "Usage" in r.output, r.output

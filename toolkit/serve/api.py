@@ -1,0 +1,472 @@
+"""The HTTP API (FastAPI on uvicorn). Never imports torch: it only checks and queues images.
+
+    POST /predict            multipart upload (field ``file``), JSON ``{"image_b64": ...}``,
+                             a raw ``image/*`` body, or (only when enabled) JSON
+                             ``{"image_path": ...}`` under an allow-listed root -> 202 + task id
+    GET  /result/{id}        ?wait=SECONDS long-polls; pending | completed | failed; 404 unknown
+    GET  /healthz            the process is alive
+    GET  /readyz             Redis answers and at least one worker has a live heartbeat
+    GET  /metrics            Prometheus text: queue depth, tasks by outcome, latencies, batches
+
+Long-polls wait on one shared reader of ``tk:tasks:done`` (XREAD BLOCK), not on a spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from toolkit.queue import constants as C
+from toolkit.queue.protocol import (
+    QueueConfig,
+    is_task_id,
+    new_task_id,
+    now_ms,
+    parse_result,
+    pending_marker,
+    result_key,
+    task_fields,
+)
+from toolkit.serve import images, metrics
+
+log = logging.getLogger("tk.api")
+
+MAX_WAIT_S = 60.0
+"""Longest long-poll one GET /result may ask for."""
+
+RECHECK_S = 1.0
+"""A long-poll re-reads the result at least this often, even without a notification."""
+
+RETRY_AFTER_S = 2
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    client_factory: Callable[[], Any]
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    max_depth: int = C.MAX_QUEUE_DEPTH
+    max_image_bytes: int = C.MAX_IMAGE_BYTES
+    max_pixels: int = C.MAX_IMAGE_PIXELS
+    allow_roots: tuple[Path, ...] = ()
+    token: str | None = None
+    default_top_k: int = C.TOP_K
+
+    @property
+    def max_body(self) -> int:
+        return self.max_image_bytes * 4 // 3 + 64 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class Notifier:
+    """One XREAD BLOCK loop on the done stream wakes every long-poll waiting on those ids."""
+
+    def __init__(self, client: Any, stream: str) -> None:
+        self.r = client
+        self.stream = stream
+        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self.last_id = f"{now_ms() - 1000}-0"
+
+    def register(self, task_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(task_id, set()).add(fut)
+        return fut
+
+    def unregister(self, task_id: str, fut: asyncio.Future[None]) -> None:
+        futs = self.waiters.get(task_id)
+        if futs is not None:
+            futs.discard(fut)
+            if not futs:
+                del self.waiters[task_id]
+
+    def wake(self, ids: list[str]) -> None:
+        for tid in ids:
+            for fut in self.waiters.get(tid, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                reply = await self.r.xread({self.stream: self.last_id}, block=2000, count=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("done-stream reader: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for _stream, entries in _entries(reply):
+                for entry_id, fields in entries:
+                    self.last_id = _s(entry_id)
+                    raw = fields.get(b"ids") or fields.get("ids") or b""
+                    self.wake(_s(raw).split(","))
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _entries(reply: Any) -> list[tuple[Any, Any]]:
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
+    return [(s, e) for s, e in reply]
+
+
+class Service:
+    """What the routes call; holds the Redis client and the notifier."""
+
+    def __init__(self, cfg: ApiConfig) -> None:
+        self.cfg = cfg
+        self.r: Any = cfg.client_factory()
+        self.notifier = Notifier(cfg.client_factory(), cfg.queue.done_stream)
+
+    async def waiting(self) -> int:
+        async with self.r.pipeline(transaction=False) as p:
+            p.xlen(self.cfg.queue.stream)
+            p.xpending(self.cfg.queue.stream, self.cfg.queue.group)
+            length, pending = await p.execute(raise_on_error=False)
+        n_pending = 0 if isinstance(pending, Exception) else int(pending["pending"])
+        return max(0, int(length) - n_pending)
+
+    async def enqueue(self, image: bytes, top_k: int) -> str:
+        waiting = await self.waiting()
+        if waiting >= self.cfg.max_depth:
+            raise ApiError(
+                503,
+                f"queue full: {waiting} tasks waiting (limit {self.cfg.max_depth}); retry later",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        tid, t = new_task_id(), now_ms()
+        q = self.cfg.queue
+        async with self.r.pipeline(transaction=True) as p:
+            p.set(result_key(tid), pending_marker(tid, t), ex=q.pending_ttl_s)
+            p.xadd(q.stream, task_fields(tid, image, top_k, t))
+            await p.execute()
+        return tid
+
+    async def result(self, task_id: str, wait: float) -> dict[str, Any]:
+        if not is_task_id(task_id):
+            raise ApiError(404, f"unknown task id {task_id[:80]!r}: ids are 32 hex digits")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT_S)
+        while True:
+            fut = self.notifier.register(task_id) if wait > 0 else None
+            try:
+                res = parse_result(await self.r.get(result_key(task_id)))
+                if res is None:
+                    raise ApiError(404, f"unknown task id {task_id}: never queued, or expired")
+                left = deadline - loop.time()
+                if res.get("status") != "pending" or fut is None or left <= 0:
+                    return res
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(fut, min(left, RECHECK_S))
+            finally:
+                if fut is not None:
+                    self.notifier.unregister(task_id, fut)
+
+    async def live_workers(self) -> int:
+        n = 0
+        async for _key in self.r.scan_iter(match=C.HEARTBEAT_PREFIX + "*", count=100):
+            n += 1
+        return n
+
+    async def gauges(self) -> dict[str, tuple[str, float]]:
+        q = self.cfg.queue
+        async with self.r.pipeline(transaction=False) as p:
+            p.xlen(q.stream)
+            p.xpending(q.stream, q.group)
+            p.xlen(q.dead_stream)
+            length, pending, dead = await p.execute(raise_on_error=False)
+        n_pending = 0 if isinstance(pending, Exception) else int(pending["pending"])
+        oldest = None if isinstance(pending, Exception) else pending.get("min")
+        age = (now_ms() - int(_s(oldest).split("-")[0])) / 1000 if oldest and n_pending else 0
+        return {
+            "tk_queue_waiting": ("tasks waiting to be claimed", max(0, int(length) - n_pending)),
+            "tk_queue_pending": ("tasks claimed by a worker, not yet acked", n_pending),
+            "tk_queue_oldest_pending_age_seconds": ("age of the oldest claimed task", age),
+            "tk_queue_dead": ("entries in the dead-letter stream", int(dead)),
+            "tk_workers_live": ("workers with a live heartbeat", await self.live_workers()),
+        }
+
+    def read_allowed_path(self, raw: Any) -> bytes:
+        if not self.cfg.allow_roots:
+            raise ApiError(403, "image_path is disabled on this server; upload the image instead")
+        if not isinstance(raw, str) or not raw:
+            raise ApiError(400, "image_path must be a non-empty string")
+        path = Path(raw)
+        if not path.is_absolute():
+            raise ApiError(400, f"image_path must be absolute, got {raw[:200]!r}")
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise ApiError(400, f"image_path {raw[:200]!r}: no such file") from None
+        roots = [r.resolve() for r in self.cfg.allow_roots]
+        if not any(real.is_relative_to(r) for r in roots):
+            raise ApiError(403, f"image_path {raw[:200]!r} is outside the allowed roots")
+        try:
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            raise ApiError(400, f"image_path {raw[:200]!r}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            if not os.path.isfile(real):
+                raise ApiError(400, f"image_path {raw[:200]!r} is not a regular file")
+            data = f.read(self.cfg.max_image_bytes + 1)
+        return data
+
+
+def _top_k(raw: Any, default: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"top_k must be a whole number, got {str(raw)[:40]!r}") from None
+    if not 1 <= k <= C.MAX_TOP_K:
+        raise ApiError(400, f"top_k must be between 1 and {C.MAX_TOP_K}, got {k}")
+    return k
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {int(declared):,} bytes, over the limit of {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # lets request.form() parse what was read
+    return body
+
+
+async def _from_multipart(request: Any, default_k: int) -> tuple[bytes, int]:
+    try:
+        form = await request.form(max_files=1, max_fields=10)
+    except Exception as exc:
+        raise ApiError(400, f"malformed multipart body: {exc}") from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(400, "multipart body has no file field named 'file'")
+        part_type = (upload.content_type or "").split(";")[0].strip().lower()
+        if part_type and not (
+            part_type.startswith("image/") or part_type == "application/octet-stream"
+        ):
+            raise ApiError(415, f"file part has content type {part_type!r}; send an image")
+        return await upload.read(), _top_k(form.get("top_k"), default_k)
+    finally:
+        await form.close()
+
+
+def _from_json(svc: Service, body: bytes, default_k: int) -> tuple[bytes, int]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "JSON body must be an object with image_b64 (or image_path)")
+    k = _top_k(doc.get("top_k"), default_k)
+    if "image_b64" in doc:
+        if not isinstance(doc["image_b64"], str):
+            raise ApiError(400, "image_b64 must be a string of base64")
+        try:
+            return base64.b64decode(doc["image_b64"], validate=True), k
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "image_b64 is not valid base64") from None
+    if "image_path" in doc:
+        return svc.read_allowed_path(doc["image_path"]), k
+    raise ApiError(400, "JSON body needs image_b64 (base64 of the image bytes)")
+
+
+async def _image_from_request(svc: Service, request: Any) -> tuple[bytes, int]:
+    """The image bytes and top_k from any accepted body; ApiError naming the problem."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    default_k = svc.cfg.default_top_k
+    raw_image = ctype in images.CONTENT_TYPES or ctype == "application/octet-stream"
+    if ctype not in ("multipart/form-data", "application/json") and not raw_image:
+        raise ApiError(
+            415,
+            f"unsupported content type {ctype or '(none)'!r}: use multipart/form-data, "
+            "application/json or image/*",
+        )
+    body = await _read_body(request, svc.cfg.max_body)
+    if ctype == "multipart/form-data":
+        return await _from_multipart(request, default_k)
+    if ctype == "application/json":
+        return _from_json(svc, body, default_k)
+    return body, _top_k(request.query_params.get("top_k"), default_k)
+
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": C.MAX_TOP_K},
+                    },
+                    "required": ["file"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image_b64": {"type": "string", "description": "base64 image bytes"},
+                        "image_path": {
+                            "type": "string",
+                            "description": "only when enabled; under an allowed root",
+                        },
+                        "top_k": {"type": "integer"},
+                    },
+                }
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def check_token(cfg: ApiConfig, request: Any) -> None:
+    """Raise 401 unless the request carries the configured bearer token (if any)."""
+    if cfg.token is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), cfg.token):
+        raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+def create_app(cfg: ApiConfig) -> Any:
+    """The FastAPI application (routes, auth, limits, error format)."""
+    from toolkit import __version__
+
+    svc = Service(cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        task = asyncio.create_task(svc.notifier.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await svc.r.aclose()
+            await svc.notifier.r.aclose()
+
+    app = FastAPI(
+        title="tk inference API",
+        version=__version__,
+        description="Queue images for classification; fetch results (long-poll).",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
+
+    _task_routes(app, svc)
+    _ops_routes(app, svc)
+    return app
+
+
+def _task_routes(app: FastAPI, svc: Service) -> None:
+    cfg = svc.cfg
+
+    @app.post("/predict", status_code=202, openapi_extra=_PREDICT_BODY)
+    async def predict(request: Request) -> JSONResponse:
+        """Queue one image; answers 202 with the task id to fetch at /result/{id}."""
+        check_token(cfg, request)
+        image, top_k = await _image_from_request(svc, request)
+        try:
+            images.inspect(image, cfg.max_pixels, cfg.max_image_bytes)
+        except images.ImageRejected as exc:
+            raise ApiError(exc.status, exc.message) from None
+        tid = await svc.enqueue(image, top_k)
+        url = f"/result/{tid}"
+        body = {"id": tid, "status": "pending", "result_url": url}
+        return JSONResponse(body, 202, headers={"Location": url})
+
+    @app.get("/result/{task_id}")
+    async def result(request: Request, task_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """The task's status: pending, completed (top-k) or failed (reason); 404 if unknown.
+
+        ``wait``: seconds to hold the request until the task is done (long-poll, max 60).
+        """
+        check_token(cfg, request)
+        return await svc.result(task_id, wait)
+
+
+def _ops_routes(app: FastAPI, svc: Service) -> None:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The API process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready when Redis answers and at least one worker has a live heartbeat."""
+        try:
+            await svc.r.ping()
+            workers = await svc.live_workers()
+        except Exception as exc:
+            return JSONResponse({"status": "not ready", "reason": f"Redis: {exc}"}, 503)
+        if workers == 0:
+            return JSONResponse({"status": "not ready", "reason": "no live worker"}, 503)
+        return JSONResponse({"status": "ready", "workers": workers})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> PlainTextResponse:
+        """Prometheus metrics: queue depth, tasks by outcome, latency and batch histograms."""
+        stored = await svc.r.hgetall(C.METRICS_KEY)
+        text = metrics.render(stored, await svc.gauges())
+        return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)
+
+
+def serve(cfg: ApiConfig, host: str, port: int, log_level: str = "warning") -> None:
+    """Run the API under uvicorn until SIGTERM/SIGINT."""
+    import uvicorn
+
+    app = create_app(cfg)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+__all__ = ["ApiConfig", "create_app", "serve"]

@@ -1,0 +1,64 @@
+"""Dynamic batching policy (Triton / TorchServe style). Pure: no Redis, no clock of its own.
+
+A worker asks the policy what to read next: while it holds nothing it blocks for up to
+``idle_block_ms`` for any task; once it holds one, it keeps reading until it holds
+``max_batch`` tasks or ``max_delay_ms`` have passed since the first one arrived.
+
+While filling a batch the reads do not block in Redis: a blocked XREADGROUP's timeout is only
+noticed on the server's next cron tick (``hz 10``: up to 100 ms late), which would turn a 5 ms
+batching delay into 100. Instead the worker polls without blocking and pauses ``poll_ms``
+between empty polls (new entries are picked up by the next poll).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolkit.errors import ConfigError
+from toolkit.queue.constants import CLAIM_BLOCK_MS
+
+
+@dataclass(frozen=True)
+class Read:
+    """One read: up to ``count`` tasks, blocking up to ``block_ms`` in Redis (None: do not
+    block); if it returns nothing, pause ``pause_ms`` before the next read."""
+
+    count: int
+    block_ms: int | None
+    pause_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch: int
+    max_delay_ms: int
+    idle_block_ms: int = CLAIM_BLOCK_MS
+    poll_ms: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.max_delay_ms < 0:
+            raise ConfigError(f"max_delay_ms must be 0 or more, got {self.max_delay_ms}")
+        if self.idle_block_ms < 1:
+            raise ConfigError("idle_block_ms must be at least 1 (0 would block forever)")
+
+    def next_read(self, have: int, first_at: float | None, now: float) -> Read | None:
+        """What to read next, or None when the batch in hand should run now.
+
+        ``first_at`` and ``now`` are monotonic seconds; ``first_at`` is when the first task
+        of this batch arrived (None while there is none).
+        """
+        if have >= self.max_batch:
+            return None
+        if have == 0 or first_at is None:
+            return Read(self.max_batch, self.idle_block_ms)
+        left_ms = self.max_delay_ms - (now - first_at) * 1000.0
+        if left_ms <= 0:
+            return None
+        return Read(self.max_batch - have, None, min(self.poll_ms, left_ms))
+
+
+def default_threads(workers: int, cpus: int | None) -> int:
+    """Torch threads per worker so that workers x threads does not exceed the cores."""
+    return max(1, (cpus or 1) // max(1, workers))

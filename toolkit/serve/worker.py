@@ -1,0 +1,298 @@
+"""The inference worker: claim a batch, decode it off the forward pass, run it, store results.
+
+Threads in one worker process:
+
+    loader     claims tasks (dynamic batching), reclaims abandoned ones, decodes and
+               preprocesses images; hands one prepared batch at a time to the runner
+    runner     (the main thread) stacks the batch, runs the forward pass under
+               ``torch.inference_mode``, stores results and acks in one transaction
+    heartbeat  refreshes ``tk:worker:<name>`` (with a TTL) every couple of seconds
+
+SIGTERM/SIGINT: the loader stops claiming; the runner finishes every batch already claimed;
+the worker removes its heartbeat and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as stdqueue
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolkit.queue import constants as C
+from toolkit.queue.protocol import Outcome, QueueConfig, Task, TaskQueue, now_ms
+from toolkit.serve import metrics
+from toolkit.serve.batching import BatchPolicy
+from toolkit.serve.images import ImageRejected, load_rgb
+
+log = logging.getLogger("tk.worker")
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    consumer: str
+    model: str = "efficientnet-lite0"
+    device: str = "auto"
+    max_batch: int = C.MAX_BATCH
+    max_delay_ms: int = C.MAX_DELAY_MS
+    threads: int = 1
+    max_pixels: int = C.MAX_IMAGE_PIXELS
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    heartbeat_interval_s: float = C.HEARTBEAT_INTERVAL_S
+    heartbeat_ttl_s: int = C.HEARTBEAT_TTL_S
+    optimize: str = "trace"
+
+    @property
+    def reclaim_every_s(self) -> float:
+        return min(10.0, max(0.2, self.queue.visibility_ms / 2000))
+
+
+@dataclass
+class Prepared:
+    """A claimed batch after decoding: arrays for the good images, outcomes for the bad."""
+
+    tasks: list[Task]
+    arrays: list[Any]
+    failed: list[Outcome]
+
+
+@dataclass
+class Stats:
+    batches: int = 0
+    completed: int = 0
+    failed: int = 0
+    started_ms: int = field(default_factory=now_ms)
+
+
+class Worker:
+    """One worker process. ``client_factory()`` returns a binary redis-py client."""
+
+    def __init__(self, cfg: WorkerConfig, client_factory: Callable[[], Any]) -> None:
+        self.cfg = cfg
+        self.policy = BatchPolicy(cfg.max_batch, cfg.max_delay_ms)
+        self.queue = TaskQueue(client_factory(), cfg.queue)
+        self._hb_queue = TaskQueue(client_factory(), cfg.queue)
+        self.stop = threading.Event()
+        self.stats = Stats()
+        self.model: Any = None
+        self._handoff: stdqueue.Queue[Prepared | None] = stdqueue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._sweeps = 0
+
+    # --- setup ---------------------------------------------------------------------------
+    def load_model(self) -> None:
+        import torch
+
+        from toolkit.serve import models
+
+        torch.set_num_threads(self.cfg.threads)
+        t0 = time.monotonic()
+        self.model = models.load(self.cfg.model, self.cfg.device, self.cfg.optimize)
+        models.warm_up(self.model, range(1, self.cfg.max_batch + 1))
+        log.info(
+            "worker %s: model %s (%s, %s) on %s, %d thread(s), max_batch %d, ready in %.1f s",
+            self.cfg.consumer,
+            self.model.name,
+            self.model.version,
+            self.model.optimized,
+            self.model.device,
+            self.cfg.threads,
+            self.cfg.max_batch,
+            time.monotonic() - t0,
+        )
+
+    def install_signals(self) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("worker %s: signal %d, finishing the batch in hand", self.cfg.consumer, signum)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    # --- threads -------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._beat()
+            except Exception as exc:  # a missed beat is not fatal; the next one may work
+                log.warning("worker %s: heartbeat failed: %s", self.cfg.consumer, exc)
+            self.stop.wait(self.cfg.heartbeat_interval_s)
+
+    def _beat(self) -> None:
+        m = self.model
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "model": getattr(m, "name", None),
+            "version": getattr(m, "version", None),
+            "device": str(getattr(m, "device", "")),
+            "threads": self.cfg.threads,
+            "max_batch": self.cfg.max_batch,
+            "batches": self.stats.batches,
+            "completed": self.stats.completed,
+            "failed": self.stats.failed,
+            "started_ms": self.stats.started_ms,
+        }
+        self._hb_queue.heartbeat(self.cfg.consumer, info, self.cfg.heartbeat_ttl_s)
+
+    def collect(self) -> list[Task]:
+        """Claim one batch following the batching policy; [] when the queue stayed empty."""
+        batch: list[Task] = []
+        first_at: float | None = None
+        while not self.stop.is_set():
+            step = self.policy.next_read(len(batch), first_at, time.monotonic())
+            if step is None:
+                break
+            got = self.queue.claim(self.cfg.consumer, step.count, step.block_ms)
+            if got and first_at is None:
+                first_at = time.monotonic()
+            batch.extend(got)
+            if not batch:
+                break  # idle: let the loader do its housekeeping
+            if not got and step.pause_ms:
+                time.sleep(step.pause_ms / 1000)
+        return batch
+
+    def prepare(self, tasks: list[Task]) -> Prepared:
+        assert self.model is not None
+        good: list[Task] = []
+        arrays: list[Any] = []
+        failed: list[Outcome] = []
+        for task in tasks:
+            try:
+                arrays.append(
+                    load_rgb(
+                        task.image, self.model.input_size, self.model.resize, self.cfg.max_pixels
+                    )
+                )
+                good.append(task)
+            except ImageRejected as exc:
+                failed.append(Outcome(task, "failed", error=exc.message))
+        return Prepared(good, arrays, failed)
+
+    def _loader_loop(self) -> None:
+        next_reclaim = 0.0
+        try:
+            while not self.stop.is_set():
+                tasks: list[Task] = []
+                if time.monotonic() >= next_reclaim:
+                    tasks = self._housekeeping()
+                    next_reclaim = time.monotonic() + self.cfg.reclaim_every_s
+                    if tasks:
+                        log.info(
+                            "worker %s: reclaimed %d abandoned task(s)",
+                            self.cfg.consumer,
+                            len(tasks),
+                        )
+                if not tasks:
+                    tasks = self.collect()
+                if tasks:
+                    self._handoff.put(self.prepare(tasks))  # waits while the runner is busy
+        except BaseException as exc:
+            self._error = exc
+            self.stop.set()
+        finally:
+            self._handoff.put(None)
+
+    def _housekeeping(self) -> list[Task]:
+        """Reclaim abandoned tasks; now and then forget long-dead consumers."""
+        from toolkit.queue.depth import live_workers
+
+        self._sweeps += 1
+        if self._sweeps % 50 == 1:
+            stale_ms = max(60_000, 10 * self.cfg.queue.visibility_ms)
+            alive = set(live_workers(self.queue.r)) | {self.cfg.consumer}
+            self.queue.prune_consumers(stale_ms, alive)
+        return self.queue.reclaim(self.cfg.consumer, self.cfg.max_batch)
+
+    # --- runner --------------------------------------------------------------------------
+    def run_batch(self, prep: Prepared) -> None:
+        assert self.model is not None
+        outcomes = list(prep.failed)
+        t0 = time.perf_counter()
+        if prep.tasks:
+            k = max(t.top_k for t in prep.tasks)
+            try:
+                preds = self.model.predict(prep.arrays, k)
+            except Exception as exc:
+                reason = f"model error: {exc}".splitlines()[0][:500]
+                outcomes += [Outcome(t, "failed", error=reason) for t in prep.tasks]
+            else:
+                model_s = time.perf_counter() - t0
+                n = len(prep.tasks)
+                for task, row in zip(prep.tasks, preds, strict=True):
+                    result = self._result(row, task, model_s, n)
+                    outcomes.append(Outcome(task, "completed", result))
+        model_s = time.perf_counter() - t0
+        done = now_ms()
+        ok = sum(o.status == "completed" for o in outcomes)
+        latencies = [(done - o.task.enqueued_ms) / 1000 for o in outcomes]
+        inc = metrics.batch_increments(ok, len(outcomes) - ok, model_s, latencies)
+        self.queue.complete(self.cfg.consumer, outcomes, inc)
+        self.stats.batches += 1
+        self.stats.completed += ok
+        self.stats.failed += len(outcomes) - ok
+
+    def _result(self, row: list[Any], task: Task, model_s: float, n: int) -> dict[str, Any]:
+        assert self.model is not None
+        return {
+            "model": self.model.name,
+            "model_version": self.model.version,
+            "top_k": [p.to_dict() for p in row[: task.top_k]],
+            "model_ms": round(model_s * 1000, 2),
+            "batch_size": n,
+        }
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit code."""
+        self.queue.r.ping()  # fail fast, before the model loads, if Redis is not there
+        self.queue.ensure_group()
+        if self.model is None:
+            self.load_model()
+        self._beat()
+        threads = [
+            threading.Thread(target=self._heartbeat_loop, name="tk-heartbeat", daemon=True),
+            threading.Thread(target=self._loader_loop, name="tk-loader", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                prep = self._handoff.get()
+                if prep is None:
+                    break
+                self.run_batch(prep)
+        except Exception as exc:  # Redis gone, a bug: exit non-zero, unacked tasks get reclaimed
+            log.exception("worker %s: stopping on error", self.cfg.consumer)
+            self._error = exc
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join(timeout=5)
+        return self._finish()
+
+    def _finish(self) -> int:
+        self.queue.clear_heartbeat(self.cfg.consumer)
+        self.queue.forget(self.cfg.consumer)
+        log.info(
+            "worker %s: stopped after %d batches (%d completed, %d failed)",
+            self.cfg.consumer,
+            self.stats.batches,
+            self.stats.completed,
+            self.stats.failed,
+        )
+        if self._error is not None:
+            log.error("worker %s: %s", self.cfg.consumer, self._error)
+            return 1
+        return 0

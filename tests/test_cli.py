@@ -52,17 +52,6 @@ def test_version(project: Path) -> None:
     assert result.output.strip() == f"tk {__version__}"
 
 
-@pytest.mark.parametrize(
-    "args", [["up"], ["down"], ["status"], ["doctor"]], ids=lambda a: " ".join(a)
-)
-def test_unfinished_commands_say_so_and_exit_2(project: Path, args: list[str]) -> None:
-    result = run_tk(project, *args)
-    if "not implemented yet" not in result.output:
-        pytest.skip("implemented since")
-    assert result.exit_code == 2
-    assert result.output.count("\n") == 1
-
-
 def test_unknown_flag_is_a_usage_error(project: Path) -> None:
     result = run_tk(project, "redis", "harden", "--no-such-flag")
     assert result.exit_code == 2

@@ -136,6 +136,11 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("queue_max_deliveries", "queue.max_deliveries", _int_parser(1, 1000), "then dead-letter"),
     Spec("queue_result_ttl", "queue.result_ttl", _int_parser(1, 10**8), "seconds results are kept"),
+    Spec("serve_env", "serve.env", _opt(_parse_str), "conda env workers must run in (name/path)"),
+    Spec("doctor_max_wait_s", "doctor.max_wait_s", _float_parser(0), "oldest waiting task: fail"),
+    Spec("doctor_max_dead", "doctor.max_dead", _int_parser(0, 10**9), "dead letters: fail above"),
+    Spec("doctor_min_disk", "doctor.min_disk", _parse_size, "free disk for the AOF: fail below"),
+    Spec("doctor_timeout", "doctor.timeout", _float_parser(0.1), "seconds per check before fail"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
@@ -174,6 +179,11 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "queue_visibility_ms": 30_000,
         "queue_max_deliveries": 3,
         "queue_result_ttl": 3600,
+        "serve_env": None,
+        "doctor_max_wait_s": 300.0,
+        "doctor_max_dead": 100,
+        "doctor_min_disk": 1024**3,
+        "doctor_timeout": 2.0,
     }
 
 
@@ -213,6 +223,11 @@ class Settings:
     queue_visibility_ms: int
     queue_max_deliveries: int
     queue_result_ttl: int
+    serve_env: str | None
+    doctor_max_wait_s: float
+    doctor_max_dead: int
+    doctor_min_disk: int
+    doctor_timeout: float
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __repr__(self) -> str:  # secrets never show up in a repr

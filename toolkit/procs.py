@@ -41,6 +41,24 @@ def alive(pid: int) -> bool:
         return False
 
 
+def started_at(pid: int) -> float | None:
+    """The process's start time (psutil create_time), or None when it does not run."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def same_process(pid: int, started: float | None) -> bool:
+    """``pid`` is alive and is the process that started at ``started`` (not a reused pid)."""
+    if not alive(pid):
+        return False
+    now = started_at(pid)
+    return started is None or (now is not None and abs(now - started) < 1.0)
+
+
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
     """Wait until every pid has exited; returns those still alive after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -55,3 +55,26 @@ def console() -> Any:
     from rich.console import Console
 
     return Console()
+
+
+STATUS_COLORS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+
+
+def print_status_table(
+    title: str | None, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]], status_col: int
+) -> None:
+    """A Rich table whose ``status_col`` (ok/warn/fail/skip) is coloured, then the counts."""
+    from rich.table import Table
+
+    table = Table(*columns, title=title)
+    counts = dict.fromkeys(STATUS_COLORS, 0)
+    for row in rows:
+        status = row[status_col]
+        counts[status] = counts.get(status, 0) + 1
+        color = STATUS_COLORS.get(status, "")
+        cells = list(row)
+        cells[status_col] = f"[{color}]{status}[/{color}]" if color else status
+        table.add_row(*cells)
+    con = console()
+    con.print(table)
+    con.print(", ".join(f"{v} {k}" for k, v in counts.items()))

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from toolkit.cli._common import console, fail, handle_errors, print_json, warn
+from toolkit.cli._common import fail, handle_errors, print_json, print_status_table, warn
 from toolkit.cli.state import settings
 from toolkit.errors import UsageError
 
@@ -165,19 +165,9 @@ def urlsplit_password(url: str) -> bool:
 
 
 def _print_findings(where: str, findings: list[Any]) -> None:
-    from rich.table import Table
-
-    colors = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
-    table = Table(title=f"redis audit: {where}", show_lines=False)
-    for col in ("rule", "severity", "status", "found", "fix"):
-        table.add_column(col, overflow="fold")
-    for f in findings:
-        c = colors.get(f.status, "")
-        table.add_row(f.id, f.severity, f"[{c}]{f.status}[/{c}]", f.found, f.fix)
-    con = console()
-    con.print(table)
-    counts = {k: sum(f.status == k for f in findings) for k in ("ok", "warn", "fail", "skip")}
-    con.print(", ".join(f"{v} {k}" for k, v in counts.items()))
+    rows = [(f.id, f.severity, f.status, f.found, f.fix) for f in findings]
+    cols = ("rule", "severity", "status", "found", "fix")
+    print_status_table(f"redis audit: {where}", cols, rows, status_col=2)
 
 
 @app.command("start")

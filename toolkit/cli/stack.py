@@ -1,34 +1,249 @@
-"""``tk up | down | status | doctor``: the whole stack (filled in by the launch issue)."""
+"""``tk up | down | status | logs | doctor``: launch, supervise and check the whole stack."""
 
 from __future__ import annotations
 
+import time
+from typing import Annotated, Any, Optional
+
 import typer
 
-from toolkit.cli._common import not_yet
+from toolkit.cli._common import console, handle_errors, print_json, print_status_table, warn
+from toolkit.cli.state import settings
+from toolkit.config import Settings
 
-_ISSUE = "issue 5, `tk up` and `tk doctor`"
+OptInt = Optional[int]  # noqa: UP045 - typer needs Optional on 3.10
+OptStr = Optional[str]  # noqa: UP045
+ListStr = Optional[list[str]]  # noqa: UP045
+
+ROLES = ("redis", "worker", "api")
 
 
-def up() -> None:
-    """Launch Redis, the inference API and workers (not implemented yet)."""
-    not_yet("tk up", _ISSUE)
+def _plan(s: Settings, workers: int | None) -> Any:
+    from toolkit.stack.facts import gather
+    from toolkit.stack.plan import build_plan
+
+    return build_plan(s, gather(s), workers)
 
 
+def _print_plan(plan: Any) -> None:
+    typer.echo(f"project: {plan.project_dir}")
+    if plan.harden_first:
+        typer.echo("first:   tk redis harden (no redis-conf/redis.conf yet)")
+    if plan.external_redis:
+        typer.echo(f"redis:   {plan.external_redis} (not started here)")
+    typer.echo(f"workers: {plan.workers} ({plan.workers_reason})")
+    typer.echo(f"python:  {plan.worker_python} ({plan.python_reason})")
+    for p in plan.procs:
+        extra = " ".join(f"{k}={v}" for k, v in sorted(p.env.items()))
+        typer.echo(f"  {p.name:9} {' '.join(p.argv)}")
+        typer.echo(f"  {'':9} log {p.log}" + (f"; env {extra}" if extra else ""))
+    typer.echo(f"api:     {plan.api_url}")
+
+
+def _ready_message(plan: Any) -> str:
+    url = plan.api_url
+    return "\n".join(
+        [
+            f"stack ready: api {url}, {plan.workers} worker{'s' if plan.workers != 1 else ''}, "
+            + (f"redis on port {plan.redis_port}" if plan.redis_port else "external redis"),
+            f"logs: {plan.log_dir}   state: {plan.run_dir / 'stack.json'}",
+            "try:",
+            "  tk submit path/to/photo.jpg --wait",
+            f"  curl -s -F file=@path/to/photo.jpg {url}/predict   # -> task id",
+            f"  curl -s '{url}/result/<task id>?wait=10'",
+            "stop: Ctrl-C here, or `tk down` for a detached stack",
+        ]
+    )
+
+
+def up(
+    workers: Annotated[
+        OptInt, typer.Option("--workers", "-w", help="Worker processes. [default: per machine]")
+    ] = None,
+    redis_url: Annotated[
+        OptStr,
+        typer.Option(
+            "--redis-url",
+            help="Use this Redis instead of starting one (password: TK_REDIS_PASSWORD).",
+        ),
+    ] = None,
+    api_port: Annotated[
+        OptInt, typer.Option("--api-port", help="API port. [default: 8000]")
+    ] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; start nothing.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The plan as JSON (with --dry-run).")
+    ] = False,
+    supervise: Annotated[bool, typer.Option("--supervise", hidden=True)] = False,
+) -> None:
+    """Launch Redis (hardened), the inference workers and the API; supervise them.
+
+    Ctrl-C (or `tk down` for --detach) drains in order: the API stops taking work, workers
+    finish the batch in hand, Redis shuts down with its AOF synced.
+    """
+    _up(workers, redis_url, api_port, detach, dry_run, as_json, supervise)
+
+
+@handle_errors
+def _up(workers: int | None, redis_url: str | None, api_port: int | None, detach: bool,
+        dry_run: bool, as_json: bool, supervise: bool) -> None:  # fmt: skip
+    from toolkit.cli.redis import urlsplit_password
+    from toolkit.errors import UsageError
+    from toolkit.stack import control
+    from toolkit.stack.supervisor import Supervisor
+
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if redis_url and urlsplit_password(redis_url):
+        warn("a password on the command line shows up in `ps`; use TK_REDIS_PASSWORD")
+    s = settings(redis_url=redis_url, serve_port=api_port)
+    plan = _plan(s, workers)
+    if dry_run:
+        print_json(plan.to_dict()) if as_json else _print_plan(plan)
+        return
+    for note in control.preflight(s, plan):
+        typer.echo(note)
+    if plan.harden_first:
+        from toolkit.redis.harden import harden
+
+        result = harden(s)
+        typer.echo(f"wrote {result.conf} ({result.server})")
+        plan = _plan(s, workers)
+    if detach and not supervise:
+        data = control.launch_detached(s, control.supervisor_argv(s, workers))
+        typer.echo(f"supervisor pid {data['supervisor_pid']} (detached)")
+        typer.echo(_ready_message(plan))
+        return
+    typer.echo(f"workers run in {plan.worker_python} ({plan.python_reason})")
+
+    def stamp(message: str) -> None:
+        typer.echo(f"{time.strftime('%H:%M:%S')} tk up: {message}", err=supervise)
+
+    sup = Supervisor(s, plan, stamp)
+    code = sup.run(on_ready=lambda: typer.echo(_ready_message(plan)))
+    if code:
+        raise typer.Exit(code)
+
+
+@handle_errors
 def down() -> None:
-    """Stop the stack, draining in order (not implemented yet)."""
-    not_yet("tk down", _ISSUE)
+    """Stop the stack in order (API, then workers after their batch, then Redis with SHUTDOWN)."""
+    from toolkit.stack import control
+
+    typer.echo(control.down(settings()))
 
 
-def status() -> None:
-    """Show the stack's processes and queue (not implemented yet)."""
-    not_yet("tk status", _ISSUE)
+@handle_errors
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Processes (role, pid, uptime, restarts, memory), queue figures and worker heartbeats."""
+    from toolkit.stack import control
+    from toolkit.units import human_size
+
+    info = control.status(settings())
+    if as_json:
+        print_json(info)
+        raise typer.Exit(0 if info["running"] else 1)
+    if not info.get("procs"):
+        typer.echo("no stack running here (start one with `tk up`)")
+        raise typer.Exit(1)
+    from rich.table import Table
+
+    t = Table("role", "name", "pid", "alive", "uptime", "restarts", "memory")
+    for p in info["procs"]:
+        up_s = f"{p['uptime_s']:.0f}s" if p["uptime_s"] is not None else "-"
+        mem = human_size(p["rss_bytes"]) if p["rss_bytes"] else "-"
+        t.add_row(p["role"], p["name"], str(p["pid"] or "-"), "yes" if p["alive"] else "NO",
+                  up_s, str(p["restarts"]), mem)  # fmt: skip
+    con = console()
+    state_word = "running" if info["running"] else "NOT running (supervisor gone)"
+    con.print(f"stack {state_word}: supervisor pid {info['supervisor_pid']}, api {info['api_url']}")
+    con.print(t)
+    q = info.get("queue")
+    if q:
+        con.print(f"queue: {q['waiting']} waiting, {q['pending']} pending, {q['dead']} dead")
+    hb = info.get("heartbeats") or {}
+    con.print(f"heartbeats: {', '.join(sorted(hb)) or 'none'}")
+    raise typer.Exit(0 if info["running"] else 1)
 
 
-def doctor() -> None:
-    """Check the stack's health, with exit codes for CI (not implemented yet)."""
-    not_yet("tk doctor", _ISSUE)
+def logs(
+    role: Annotated[OptStr, typer.Argument(help="api, worker or redis. [default: all]")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines of history.")] = 40,
+) -> None:
+    """Print the stack's logs (from .tk/logs), optionally following them."""
+    _logs(role, follow, lines)
+
+
+@handle_errors
+def _logs(role: str | None, follow: bool, lines: int) -> None:
+    from toolkit.errors import UsageError
+
+    if role is not None and role not in ROLES:
+        raise UsageError(f"unknown role {role!r}", fix=f"use one of: {', '.join(ROLES)}")
+    s = settings()
+
+    def role_of(name: str) -> str:
+        return "worker" if "worker-" in name else name.split(".")[0]
+
+    files = sorted(p for p in s.log_dir.glob("*.log") if role is None or role_of(p.name) == role)
+    if not files:
+        raise UsageError(f"no logs in {s.log_dir}", fix="start the stack with `tk up`")
+    offsets: dict[Any, int] = {}
+    for f in files:
+        text = f.read_text(errors="replace").splitlines()[-lines:]
+        for line in text:
+            typer.echo(f"{f.stem:9} | {line}")
+        offsets[f] = f.stat().st_size
+    while follow:
+        time.sleep(0.5)
+        for f in files:
+            size = f.stat().st_size
+            if size > offsets[f]:
+                with open(f, "rb") as fh:
+                    fh.seek(offsets[f])
+                    for line in fh.read().decode(errors="replace").splitlines():
+                        typer.echo(f"{f.stem:9} | {line}")
+                offsets[f] = size
+
+
+def doctor(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable (docs/doctor.md).")
+    ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 2 on warnings.")] = False,
+    only: Annotated[ListStr, typer.Option("--only", help="Only this group (repeatable).")] = None,
+    skip: Annotated[ListStr, typer.Option("--skip", help="Skip this group (repeatable).")] = None,
+) -> None:
+    """Check host, env, redis, queue, workers and api: ok | warn | fail, each with the fix.
+
+    Exit 0 when all is ok, 1 on any failure, 2 on warnings with --strict.
+    """
+    _doctor(as_json, strict, only or [], skip or [])
+
+
+@handle_errors
+def _doctor(as_json: bool, strict: bool, only: list[str], skip: list[str]) -> None:
+    from toolkit.health import doctor as doc
+
+    report = doc.run(settings(), only, skip)
+    code = report.exit_code(strict)
+    if as_json:
+        print_json(report.to_dict(strict))
+        raise typer.Exit(code)
+    rows = [(r.group, r.id, r.status, r.finding, r.fix) for r in report.results]
+    print_status_table(None, ("group", "check", "status", "finding", "fix"), rows, 2)
+    typer.echo(f"exit {code}" + (" (--strict: warnings count)" if strict else ""))
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
-    for func in (up, down, status, doctor):
+    for func in (up, down, status, logs, doctor):
         app.command(func.__name__)(func)

@@ -1,0 +1,1 @@
+"""`tk up | down | status | logs`: plan the stack (pure), run and supervise it, record state."""

@@ -1,0 +1,199 @@
+"""`tk up` preflight and launch, `tk down`, `tk status`: the effectful half of the stack."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from toolkit.config import Settings
+from toolkit.errors import FileWriteError, PortInUse, TkError, UsageError
+from toolkit.fsutil import ensure_dir
+from toolkit.procs import alive, same_process, spawn_detached, terminate
+from toolkit.stack import state
+from toolkit.stack.plan import StackPlan
+
+
+class AlreadyRunning(TkError):
+    pass
+
+
+class NotRunning(TkError):
+    pass
+
+
+def clean_stale(s: Settings) -> str | None:
+    """A record left by a crashed supervisor: stop its orphaned children, drop the record."""
+    data = state.read(s.run_dir)
+    if data is None:
+        return None
+    if state.running(s.run_dir) is not None:
+        return None
+    orphans = [p["pid"] for p in state.live_children(data) if _ours(p["pid"])]
+    # drain order: api, workers, redis (SIGTERM makes redis sync its AOF)
+    order = {"api": 0, "worker": 1, "redis": 2}
+    kids = sorted(state.live_children(data), key=lambda p: order.get(p.get("role", ""), 3))
+    for p in kids:
+        if p["pid"] in orphans:
+            terminate([p["pid"]], timeout=30)
+    state.remove(s.run_dir)
+    return f"cleaned up a crashed stack's record ({len(orphans)} orphaned processes stopped)"
+
+
+def _ours(pid: int) -> bool:
+    import psutil
+
+    try:
+        cmd = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return "toolkit" in cmd or "redis" in cmd or "valkey" in cmd
+
+
+def preflight(s: Settings, plan: StackPlan) -> list[str]:
+    """Everything that can be refused before anything starts. Returns notes for the user."""
+    from toolkit.redis.server import _port_owner, port_in_use
+
+    notes: list[str] = []
+    data = state.running(s.run_dir)
+    if data is not None:
+        raise AlreadyRunning(
+            f"the stack is already running (supervisor pid {data['supervisor_pid']}, "
+            f"api {data.get('api_url')})",
+            fix="`tk status` to see it, `tk down` to stop it",
+        )
+    for d in (s.state_dir, s.run_dir, s.log_dir, s.redis_data_dir):
+        try:
+            ensure_dir(d)
+        except FileWriteError as exc:
+            raise FileWriteError(exc.message, fix="make .tk writable or set TK_STATE_DIR") from None
+    stale = clean_stale(s)
+    if stale:
+        notes.append(stale)
+    _check_model(s)
+    ports = [("API", s.serve_port)]
+    if plan.redis_port is not None:
+        ports.insert(0, ("Redis", plan.redis_port))
+    for what, port in ports:
+        if port_in_use(port, "127.0.0.1" if what == "Redis" else s.serve_host):
+            flag = "--port (tk redis harden)" if what == "Redis" else "--api-port"
+            raise PortInUse(
+                f"{what} port {port} is already in use{_port_owner(port)}",
+                fix=f"stop that process or pick another with {flag}",
+            )
+    return notes
+
+
+def _check_model(s: Settings) -> None:
+    from toolkit.serve.models import parse_spec
+
+    spec = parse_spec(s.serve_model)
+    if spec.path is not None and not spec.path.is_file():
+        raise UsageError(
+            f"model file {spec.path} does not exist",
+            fix="check --model / TK_SERVE_MODEL (e.g. torchvision:resnet50=/path/resnet50.pth)",
+        )
+
+
+def supervisor_argv(s: Settings, workers: int | None) -> list[str]:
+    argv = [sys.executable, "-m", "toolkit", "-C", str(s.project_dir), "up", "--supervise"]
+    if workers:
+        argv += ["--workers", str(workers)]
+    return argv
+
+
+def supervisor_env(s: Settings) -> dict[str, str]:
+    """The environment of a detached supervisor: the flags it was given travel as TK_*
+    variables (a Redis URL may hold a password: never on a command line)."""
+    env = dict(os.environ)
+    for name in ("redis_url", "serve_port"):
+        if s.source(name) == "flag":
+            env["TK_" + name.upper()] = str(getattr(s, name))
+    return env
+
+
+def launch_detached(s: Settings, argv: list[str], timeout: float = 420.0) -> dict[str, Any]:
+    """Start the supervisor in the background; wait until the stack is ready or it gives up."""
+    log = s.log_dir / "tk-up.log"
+    mark = log.stat().st_size if log.exists() else 0
+    pid = spawn_detached(argv, cwd=s.project_dir, out=log, env=supervisor_env(s))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = state.read(s.run_dir)
+        if data and data.get("supervisor_pid") == pid and data.get("ready"):
+            return data
+        if not alive(pid):
+            raise TkError(f"the stack did not start: {_last_line(log, mark)}")
+        time.sleep(0.2)
+    terminate([pid], timeout=120)
+    raise TkError(f"the stack was not ready within {timeout:.0f}s", fix=f"see {log}")
+
+
+def _last_line(log: Path, mark: int) -> str:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(mark)
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        if "error" in line.lower():
+            return line.strip().removeprefix("tk: error: ")
+    return lines[-1].strip() if lines else "no output"
+
+
+def down(s: Settings, timeout: float = 180.0) -> str:
+    data = state.read(s.run_dir)
+    if data is None:
+        raise NotRunning("no stack is running here", fix="start one with `tk up`")
+    pid = data.get("supervisor_pid")
+    if isinstance(pid, int) and state.running(s.run_dir) is not None:
+        # the supervisor drains its children in order: api, workers, redis
+        killed = terminate([pid], timeout=timeout)
+        left = [p["pid"] for p in state.live_children(data)]
+        if left:
+            terminate(left, timeout=30)
+        with contextlib.suppress(OSError):
+            state.remove(s.run_dir)
+        if killed or left:
+            return (f"stack stopped, but not cleanly: the supervisor (pid {pid}) had to be "
+                    f"killed and {len(left)} processes stopped after it")  # fmt: skip
+        return f"stack stopped (supervisor pid {pid}): api, workers, then redis"
+    note = clean_stale(s) or "nothing was running"
+    return f"the supervisor was gone: {note}"
+
+
+def status(s: Settings) -> dict[str, Any]:
+    import psutil
+
+    data = state.read(s.run_dir)
+    out: dict[str, Any] = {"running": False, "procs": []}
+    if data is None:
+        return out
+    sup = data.get("supervisor_pid")
+    out["running"] = state.running(s.run_dir) is not None
+    out["supervisor_pid"] = sup
+    out["ready"] = data.get("ready")
+    out["api_url"] = data.get("api_url")
+    out["python"] = data.get("python")
+    out["env_prefix"] = data.get("env_prefix")
+    now = time.time()
+    for p in data.get("procs", []):
+        row = dict(p, alive=False, uptime_s=None, rss_bytes=None)
+        pid = p.get("pid")
+        if isinstance(pid, int) and same_process(pid, p.get("pid_started")):
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                row.update(alive=True, uptime_s=round(now - proc.create_time(), 1),
+                           rss_bytes=proc.memory_info().rss)  # fmt: skip
+        out["procs"].append(row)
+    with contextlib.suppress(Exception):
+        from toolkit.health.context import Ctx
+
+        ctx = Ctx(s)
+        out["queue"] = ctx.depth.to_dict()
+        out["heartbeats"] = ctx.heartbeats
+    return out

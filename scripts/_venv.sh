@@ -27,9 +27,14 @@ ensure_venv() {
     local spec="$ROOT" stamp="$VENV/.tk-installed-${extras:-base}"
     [ -n "$extras" ] && spec="$ROOT[$extras]"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-        echo "installing tk${extras:+[$extras]} into $VENV ..." >&2
-        "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$VENV/bin/python" -m pip install -q -e "$spec"
+        local log="$VENV/pip-install.log"
+        echo "installing tk${extras:+[$extras]} into $VENV (log: $log) ..." >&2
+        if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+                && "$VENV/bin/python" -m pip install -e "$spec"; } >"$log" 2>&1; then
+            tail -n 25 "$log" >&2
+            echo "pip install failed; the whole log is in $log" >&2
+            exit 1
+        fi
         touch "$stamp"
     fi
 }

@@ -6,17 +6,14 @@ write fails, none of the new files replace the old ones.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.config import Settings
 from toolkit.errors import FileWriteError, RedisError
-from toolkit.fsutil import ensure_dir
+from toolkit.fsutil import atomic_write_all, ensure_dir
 from toolkit.redis import connect, credentials
 from toolkit.redis.profile import (
     HardenProfile,
@@ -68,33 +65,6 @@ def build_profile(
     return profile, warnings
 
 
-def _write_all(files: dict[Path, str]) -> None:
-    """Write several files so that either all are replaced or none is."""
-    temps: list[tuple[str, Path]] = []
-    try:
-        for path, text in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps.append((tmp, path))
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for _, path in temps:  # catch what would fail a rename before any rename
-            if path.is_dir() or (path.exists() and not os.access(path.parent, os.W_OK)):
-                raise IsADirectoryError(21, "not a replaceable file", str(path))
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    except OSError as exc:
-        for tmp, _ in temps:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise FileWriteError(
-            f"cannot write {exc.filename or 'config files'}: {exc.strerror or exc}",
-            fix="make the config directory writable or set TK_REDIS_CONF_DIR",
-        ) from None
-
-
 def harden(
     settings: Settings,
     *,
@@ -128,7 +98,10 @@ def harden(
     # with CONFIG SET, so that a restart on the new file cannot start from an empty AOF.
     live = _switch_live_aof(settings)
     ensure_dir(conf_dir, mode=0o700)
-    _write_all(texts)
+    try:
+        atomic_write_all(texts, mode=0o600)
+    except FileWriteError as exc:
+        raise FileWriteError(exc.message, fix="make it writable or set TK_REDIS_CONF_DIR") from None
     return HardenResult(
         conf=paths.conf,
         aclfile=paths.aclfile,

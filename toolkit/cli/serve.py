@@ -31,16 +31,6 @@ def _logging(level: str) -> None:
     )
 
 
-def queue_config(s: Settings) -> Any:
-    from toolkit.queue.protocol import QueueConfig
-
-    return QueueConfig(
-        result_ttl_s=s.queue_result_ttl,
-        visibility_ms=s.queue_visibility_ms,
-        max_deliveries=s.queue_max_deliveries,
-    )
-
-
 def allow_roots(s: Settings) -> tuple[Path, ...]:
     """``serve.allow_paths``: directories separated by ``:`` or ``,``; relative to the project."""
     if not s.serve_allow_paths:
@@ -107,6 +97,7 @@ def _worker(
     import os
 
     from toolkit.queue.client import binary_client
+    from toolkit.queue.protocol import QueueConfig
     from toolkit.serve.batching import default_threads
     from toolkit.serve.worker import Worker, WorkerConfig, default_consumer_name
 
@@ -129,7 +120,7 @@ def _worker(
         max_delay_ms=s.serve_max_delay_ms,
         threads=n_threads,
         max_pixels=s.serve_max_image_pixels,
-        queue=queue_config(s),
+        queue=QueueConfig.from_settings(s),
         optimize=optimize,
     )
     w = Worker(cfg, lambda: binary_client(s, "tk-worker"))
@@ -164,13 +155,14 @@ def api(
     Connects as the tk-api ACL user; never loads torch. OpenAPI at /docs and /openapi.json.
     """
     from toolkit.queue.client import async_client
+    from toolkit.queue.protocol import QueueConfig
     from toolkit.serve.api import ApiConfig, serve
 
     s = settings(serve_host=host, serve_port=port)
     _logging(log_level)
     cfg = ApiConfig(
         client_factory=lambda: async_client(s, "tk-api"),
-        queue=queue_config(s),
+        queue=QueueConfig.from_settings(s),
         max_depth=s.queue_max_depth,
         max_image_bytes=s.serve_max_image_bytes,
         max_pixels=s.serve_max_image_pixels,

@@ -56,20 +56,11 @@ class Ctx:
         return info
 
     @cached_property
-    def queue_config(self) -> Any:
-        from toolkit.queue.protocol import QueueConfig
-
-        return QueueConfig(
-            visibility_ms=self.s.queue_visibility_ms,
-            max_deliveries=self.s.queue_max_deliveries,
-            result_ttl_s=self.s.queue_result_ttl,
-        )
-
-    @cached_property
     def depth(self) -> Any:
         from toolkit.queue.depth import depth
+        from toolkit.queue.protocol import QueueConfig
 
-        return depth(self.monitor, self.queue_config)
+        return depth(self.monitor, QueueConfig.from_settings(self.s))
 
     @cached_property
     def heartbeats(self) -> dict[str, dict[str, Any]]:

@@ -24,10 +24,13 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import TkError
 from toolkit.queue import constants as C
+
+if TYPE_CHECKING:
+    from toolkit.config import Settings
 
 
 class QueueError(TkError):
@@ -167,6 +170,15 @@ class QueueConfig:
     pending_ttl_s: int = C.PENDING_TTL_S
     visibility_ms: int = C.VISIBILITY_TIMEOUT_MS
     max_deliveries: int = C.MAX_DELIVERIES
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> QueueConfig:
+        """The limits a user set (queue.result_ttl, queue.visibility_ms, ...)."""
+        return cls(
+            result_ttl_s=s.queue_result_ttl,
+            visibility_ms=s.queue_visibility_ms,
+            max_deliveries=s.queue_max_deliveries,
+        )
 
 
 def _is_error(exc: Exception, code: str) -> bool:

@@ -69,7 +69,7 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-def _port_owner(port: int) -> str:
+def port_owner(port: int) -> str:
     import psutil
 
     with contextlib.suppress(psutil.Error, OSError):
@@ -148,7 +148,7 @@ def start(
         )
     if port_in_use(creds.port):
         raise PortInUse(
-            f"port {creds.port} is already in use{_port_owner(creds.port)}",
+            f"port {creds.port} is already in use{port_owner(creds.port)}",
             fix="stop that server or run `tk redis harden --port N` with a free port",
         )
     for d in (paths.data_dir, paths.pidfile.parent, paths.logfile.parent):

@@ -28,17 +28,16 @@ class NotRunning(TkError):
 def clean_stale(s: Settings) -> str | None:
     """A record left by a crashed supervisor: stop its orphaned children, drop the record."""
     data = state.read(s.run_dir)
-    if data is None:
+    if data is None or state.running(s.run_dir) is not None:
         return None
-    if state.running(s.run_dir) is not None:
-        return None
-    orphans = [p["pid"] for p in state.live_children(data) if _ours(p["pid"])]
     # drain order: api, workers, redis (SIGTERM makes redis sync its AOF)
     order = {"api": 0, "worker": 1, "redis": 2}
-    kids = sorted(state.live_children(data), key=lambda p: order.get(p.get("role", ""), 3))
-    for p in kids:
-        if p["pid"] in orphans:
-            terminate([p["pid"]], timeout=30)
+    orphans = sorted(
+        (p for p in state.live_children(data) if _ours(p["pid"])),
+        key=lambda p: order.get(p.get("role", ""), 3),
+    )
+    for p in orphans:
+        terminate([p["pid"]], timeout=30)
     state.remove(s.run_dir)
     return f"cleaned up a crashed stack's record ({len(orphans)} orphaned processes stopped)"
 
@@ -55,7 +54,7 @@ def _ours(pid: int) -> bool:
 
 def preflight(s: Settings, plan: StackPlan) -> list[str]:
     """Everything that can be refused before anything starts. Returns notes for the user."""
-    from toolkit.redis.server import _port_owner, port_in_use
+    from toolkit.redis.server import port_in_use, port_owner
 
     notes: list[str] = []
     data = state.running(s.run_dir)
@@ -81,7 +80,7 @@ def preflight(s: Settings, plan: StackPlan) -> list[str]:
         if port_in_use(port, "127.0.0.1" if what == "Redis" else s.serve_host):
             flag = "--port (tk redis harden)" if what == "Redis" else "--api-port"
             raise PortInUse(
-                f"{what} port {port} is already in use{_port_owner(port)}",
+                f"{what} port {port} is already in use{port_owner(port)}",
                 fix=f"stop that process or pick another with {flag}",
             )
     return notes

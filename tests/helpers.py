@@ -11,6 +11,7 @@ from pathlib import Path
 from typer.testing import CliRunner, Result
 
 from toolkit.cli import app
+from toolkit.procs import alive as alive  # re-exported for the tests
 from toolkit.redis.binary import _wheel_binary
 
 
@@ -52,11 +53,11 @@ def which_ps() -> str | None:
     return shutil.which("ps")
 
 
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie left for a non-reaping init counts as gone)."""
-    import psutil
+def first_kind() -> ServerKind:
+    """The first installed server build, for tests that need one server of any build."""
+    import pytest
 
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    for kind in server_kinds():
+        if kind.path is not None:
+            return kind
+    pytest.skip("no redis-server build installed")

@@ -15,8 +15,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.conftest import StartServer
-from tests.helpers import ServerKind, alive, free_port, run_tk
+from tests.helpers import ServerKind, alive, first_kind, free_port, run_tk
 from toolkit.config import Settings
+from toolkit.procs import wait_gone
 from toolkit.redis import connect, credentials
 from toolkit.redis.server import ServerPaths
 
@@ -87,7 +88,7 @@ def test_data_survives_sigkill(redis_server: Settings) -> None:
     time.sleep(1.5)  # appendfsync everysec: a second later the writes are on disk
     pid = _pid(redis_server)
     os.kill(pid, signal.SIGKILL)
-    _wait_gone(pid)
+    wait_gone([pid], timeout=10)
     result = run_tk(redis_server.project_dir, "redis", "start")  # stale pidfile is handled
     assert result.exit_code == 0, result.output
     admin = _client(redis_server, "admin")
@@ -141,19 +142,17 @@ def test_no_password_in_ps_or_logs(redis_server: Settings) -> None:
 
 
 def test_port_in_use_is_refused(redis_factory: StartServer, tmp_path: Path) -> None:
-    kind = ServerKind("any", None)
-    first = redis_factory(_first_kind(), proj=tmp_path / "a")
+    first = redis_factory(first_kind(), proj=tmp_path / "a")
     port = first.redis_port
     other = tmp_path / "b"
     other.mkdir()
-    server = str(_first_kind().path)
+    server = str(first_kind().path)
     assert run_tk(other, "redis", "harden", "--port", str(port), "--server", server).exit_code == 0
     result = run_tk(other, "redis", "start")
     assert result.exit_code == 1
     assert f"port {port} is already in use" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (other / ".tk/run/redis.pid").exists()
-    del kind
 
 
 def test_second_start_and_missing_config(redis_server: Settings, tmp_path: Path) -> None:
@@ -185,7 +184,7 @@ def test_harden_switches_live_aof_on_before_restart(redis_server: Settings) -> N
     assert admin.info("persistence")["aof_enabled"] == 1
     pid = _pid(redis_server)
     os.kill(pid, signal.SIGKILL)
-    _wait_gone(pid)
+    wait_gone([pid], timeout=10)
     assert run_tk(redis_server.project_dir, "redis", "start").exit_code == 0
     assert _client(redis_server, "admin").dbsize() == 50
 
@@ -201,7 +200,7 @@ def test_stock_debian_conf_fails_audit(project: Path) -> None:
 
 
 def test_allkeys_lru_conf_fails_audit(redis_factory: StartServer, tmp_path: Path) -> None:
-    s = redis_factory(_first_kind(), proj=tmp_path / "lru")
+    s = redis_factory(first_kind(), proj=tmp_path / "lru")
     conf = s.redis_conf_dir / "redis.conf"
     conf.write_text(conf.read_text().replace("noeviction", "allkeys-lru"))
     result = run_tk(s.project_dir, "redis", "audit", "--conf", str(conf))
@@ -211,21 +210,6 @@ def test_allkeys_lru_conf_fails_audit(redis_factory: StartServer, tmp_path: Path
     admin.config_set("maxmemory-policy", "allkeys-lru")
     live = json.loads(run_tk(s.project_dir, "redis", "audit", "--json").output)
     assert [f["id"] for f in live["findings"] if f["status"] == "fail"] == ["maxmemory-policy"]
-
-
-def _wait_gone(pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _first_kind() -> ServerKind:
-    from tests.helpers import server_kinds
-
-    for k in server_kinds():
-        if k.path is not None:
-            return k
-    pytest.skip("no redis-server build installed")
 
 
 def test_free_port_helper_gives_distinct_ports() -> None:
@@ -292,7 +276,7 @@ def test_transactions_survive_sigkill(redis_server: Settings) -> None:
     time.sleep(1.5)
     pid = _pid(redis_server)
     os.kill(pid, signal.SIGKILL)
-    _wait_gone(pid)
+    wait_gone([pid], timeout=10)
     assert run_tk(redis_server.project_dir, "redis", "start").exit_code == 0
     admin = _client(redis_server, "admin")
     assert admin.get("tk:result:a") == "done"

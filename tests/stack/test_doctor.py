@@ -11,18 +11,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import StartServer
-from tests.helpers import ServerKind, run_tk, server_kinds
+from tests.helpers import first_kind, run_tk
 from toolkit.config import Settings
 from toolkit.queue.protocol import TaskQueue, heartbeat_key
 from toolkit.redis import connect
 from toolkit.redis import server as srv
-
-
-def _kind() -> ServerKind:
-    for k in server_kinds():
-        if k.path is not None:
-            return k
-    pytest.skip("no redis-server build")
 
 
 def doctor(project: Path, *args: str) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -42,7 +35,7 @@ def _beat(s: Settings, name: str, age_s: float = 0) -> None:
 @pytest.fixture
 def bare(redis_factory: StartServer) -> Settings:
     """A hardened Redis with one fresh worker heartbeat and nothing else."""
-    s = redis_factory(_kind())
+    s = redis_factory(first_kind())
     _beat(s, "w1")
     return s
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import alive, free_port, run_tk
+from tests.helpers import alive, first_kind, free_port, run_tk
 from tests.serve.stack import jpeg
 
 pytestmark = pytest.mark.slow
@@ -228,10 +228,7 @@ def test_up_against_an_existing_redis(redis_factory: Any, tmp_path: Path) -> Non
     """Workers and API on one machine, Redis elsewhere: --redis-url, no Redis started here."""
     import shutil
 
-    from tests.helpers import server_kinds
-
-    kind = next(k for k in server_kinds() if k.path is not None)
-    remote = redis_factory(kind, proj=tmp_path / "redis-host")
+    remote = redis_factory(first_kind(), proj=tmp_path / "redis-host")
     project = _project(tmp_path / "app-host")
     # the documented way to share credentials: copy credentials.json (mode 0600)
     (project / "redis-conf").mkdir(mode=0o700)

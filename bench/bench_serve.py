@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,9 @@ def image_bytes(name: str) -> bytes:
 def _pipeline_worker(
     data: bytes, how: str, batch: int, threads: int, seconds: float, start: Any, out: Any
 ) -> None:
+    from toolkit.serve import malloc
+
+    malloc.keep_heap()  # what workers do (toolkit/serve/malloc.py)
     import torch
 
     from toolkit.serve import models
@@ -109,7 +113,16 @@ def ceiling(data: bytes, seconds: float, batches: list[int]) -> list[dict[str, A
                 (f"{cores} procs x 1 thread", cores, 1),
             ):
                 rate = ceiling_run(data, how, batch, procs, threads, seconds)
-                rows.append({"model": how, "batch": batch, "layout": label, "images_s": rate})
+                rows.append(
+                    {
+                        "model": how,
+                        "batch": batch,
+                        "layout": label,
+                        "procs": procs,
+                        "threads": threads,
+                        "images_s": rate,
+                    }
+                )
                 print(
                     f"  ceiling {how:5} batch {batch}  {label:22} {rate:7.1f} images/s", flush=True
                 )
@@ -182,28 +195,43 @@ class LoadResult:
         }
 
 
+async def one_task(conn: Conn, data: bytes, sync: bool) -> str:
+    """One image through the service: its final status, or "rejected" (503).
+
+    ``sync``: ``POST /predict?wait=30`` (one request); else ``POST /predict`` then
+    ``GET /result/{id}?wait=30`` (the 202 + long-poll flow).
+    """
+    status, body = await conn.request(
+        "POST", "/predict?wait=30" if sync else "/predict", data, "image/jpeg"
+    )
+    if status == 503:
+        return "rejected"
+    if status == 200:
+        return str(json.loads(body).get("status"))
+    if status != 202:
+        return "error"
+    tid = json.loads(body)["id"]
+    while True:
+        status, body = await conn.request("GET", f"/result/{tid}?wait=30")
+        if status != 200:
+            return "error"
+        state = str(json.loads(body).get("status"))
+        if state != "pending":
+            return state
+
+
 async def _client_loop(
-    port: int, data: bytes, stop_at: float, res: LoadResult, record_from: float
+    port: int, data: bytes, stop_at: float, res: LoadResult, record_from: float, sync: bool
 ) -> None:
     conn = Conn("127.0.0.1", port)
     try:
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            status, body = await conn.request("POST", "/predict", data, "image/jpeg")
-            if status == 503:
+            state = await one_task(conn, data, sync)
+            if state == "rejected":
                 res.rejected += 1
                 await asyncio.sleep(0.05)
-                continue
-            if status != 202:
-                res.errors += 1
-                continue
-            tid = json.loads(body)["id"]
-            while True:
-                status, body = await conn.request("GET", f"/result/{tid}?wait=30")
-                doc = json.loads(body)
-                if doc.get("status") != "pending":
-                    break
-            if doc.get("status") != "completed":
+            elif state != "completed":
                 res.errors += 1
             elif t0 >= record_from:
                 res.done += 1
@@ -213,20 +241,22 @@ async def _client_loop(
 
 
 async def drive(
-    port: int, data: bytes, concurrency: int, seconds: float, warmup: float
+    port: int, data: bytes, concurrency: int, seconds: float, warmup: float, sync: bool
 ) -> LoadResult:
     start = time.perf_counter()
     record_from = start + warmup
     stop_at = record_from + seconds
     res = LoadResult(concurrency, seconds)
     await asyncio.gather(
-        *(_client_loop(port, data, stop_at, res, record_from) for _ in range(concurrency))
+        *(_client_loop(port, data, stop_at, res, record_from, sync) for _ in range(concurrency))
     )
     # requests recorded started in [record_from, stop_at); count throughput over that window
     return res
 
 
-async def drive_count(port: int, data: bytes, concurrency: int, total: int, sample: Any) -> float:
+async def drive_count(
+    port: int, data: bytes, concurrency: int, total: int, sample: Any, sync: bool
+) -> float:
     """Push ``total`` tasks through at ``concurrency``; call sample() every 2 s. -> seconds."""
     left = [total]
 
@@ -235,19 +265,9 @@ async def drive_count(port: int, data: bytes, concurrency: int, total: int, samp
         try:
             while left[0] > 0:
                 left[0] -= 1
-                status, body = await conn.request("POST", "/predict", data, "image/jpeg")
-                if status != 202:
+                if await one_task(conn, data, sync) == "rejected":
                     left[0] += 1
                     await asyncio.sleep(0.05)
-                    continue
-                tid = json.loads(body)["id"]
-                while (
-                    json.loads((await conn.request("GET", f"/result/{tid}?wait=30"))[1]).get(
-                        "status"
-                    )
-                    == "pending"
-                ):
-                    pass
         finally:
             conn.close()
 
@@ -275,7 +295,13 @@ def free_port() -> int:
 
 class Stack:
     def __init__(
-        self, workers: int, threads: int, max_batch: int, max_delay_ms: int, result_ttl: int = 60
+        self,
+        workers: int,
+        threads: int,
+        max_batch: int,
+        max_delay_ms: int,
+        result_ttl: int = 60,
+        forward_batch: int = 0,
     ) -> None:
         from toolkit.config import Settings
         from toolkit.redis import server as srv
@@ -298,10 +324,10 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._spawn("api", "api", "--log-level", "warning")
         self._wait_http("/healthz")
-        self.workers = (workers, threads, max_batch, max_delay_ms)
+        self.workers = (workers, threads, max_batch, max_delay_ms, forward_batch)
 
     def start_workers(self) -> None:
-        workers, threads, max_batch, max_delay_ms = self.workers
+        workers, threads, max_batch, max_delay_ms, forward_batch = self.workers
         for i in range(workers):
             self._spawn(
                 f"w{i}",
@@ -312,6 +338,8 @@ class Stack:
                 str(threads),
                 "--max-batch",
                 str(max_batch),
+                "--forward-batch",
+                str(forward_batch),
                 "--max-delay-ms",
                 str(max_delay_ms),
                 "--log-level",
@@ -352,6 +380,15 @@ class Stack:
                     return
             time.sleep(0.3)
         raise RuntimeError("stack did not become ready; see " + str(self.tmp))
+
+    def forward_batches(self) -> dict[str, int]:
+        """What each worker chose (its heartbeat says), e.g. {"w0": 2, "w1": 2}."""
+        r = self.admin()
+        out = {}
+        for key in r.scan_iter(match="tk:worker:*"):
+            beat = json.loads(r.get(key) or "{}")
+            out[str(beat.get("consumer"))] = int(beat.get("forward_batch", 0))
+        return dict(sorted(out.items()))
 
     def pids(self) -> dict[str, int]:
         out = {name: p.pid for name, p in self.procs.items()}
@@ -484,6 +521,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-batch", type=int, default=4)
+    ap.add_argument("--forward-batch", type=int, default=0, help="0: the worker measures")
     ap.add_argument("--max-delay-ms", type=int, default=5)
     ap.add_argument("--batches", default="1,2,4,8", help="ceiling batch-size sweep")
     ap.add_argument("--skip-ceiling", action="store_true")
@@ -495,8 +533,24 @@ def main() -> int:
         default=60,
         help="result TTL (s) for the run, so Redis reaches a steady state",
     )
+    ap.add_argument(
+        "--modes",
+        default="poll,sync",
+        help="client flows: poll = POST /predict + GET /result?wait=30; "
+        "sync = POST /predict?wait=30 (one request)",
+    )
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=3,
+        help="rounds of (best ceiling row again, then the top concurrency in each mode), "
+        "back to back; the ratio is taken from their medians",
+    )
     ap.add_argument("--json", type=Path, help="write all figures here")
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"poll", "sync"}:
+        ap.error(f"--modes takes poll and/or sync, got {args.modes!r}")
 
     data = image_bytes(args.image)
     report: dict[str, Any] = {
@@ -519,36 +573,52 @@ def main() -> int:
         )
     if not args.skip_http:
         stack = Stack(
-            args.workers, args.threads, args.max_batch, args.max_delay_ms, args.result_ttl
+            args.workers,
+            args.threads,
+            args.max_batch,
+            args.max_delay_ms,
+            args.result_ttl,
+            args.forward_batch,
         )
         try:
             report["redis_memory"] = redis_bytes_per_task(stack, data)
             print(f"  redis per waiting task: {report['redis_memory']}", flush=True)
             stack.start_workers()
+            report["forward_batch"] = stack.forward_batches()
+            print(f"  forward pass sizes the workers chose: {report['forward_batch']}")
             report["rss_idle_mb"] = stack.rss_mb()
             rows = []
-            for c in [int(x) for x in args.concurrency.split(",")]:
+            for mode, c in [(m, int(x)) for m in modes for x in args.concurrency.split(",")]:
                 cpu0, t0 = stack.cpu_s(), time.perf_counter()
-                res = asyncio.run(drive(stack.port, data, c, args.seconds, warmup=2.0))
+                res = asyncio.run(
+                    drive(stack.port, data, c, args.seconds, warmup=2.0, sync=mode == "sync")
+                )
                 cpu1, wall = stack.cpu_s(), time.perf_counter() - t0
-                rows.append(res.row())
+                rows.append({"mode": mode, **res.row()})
                 share = {k: round(100 * (cpu1[k] - cpu0.get(k, 0)) / wall) for k in cpu1}
                 rows[-1]["cpu_pct"] = share
                 print(f"  cpu % of one core: {share}", flush=True)
                 print(
-                    f"  http concurrency {c:3}: {rows[-1]['images_s']:6.1f} images/s  "
+                    f"  {mode} concurrency {c:3}: {rows[-1]['images_s']:6.1f} images/s  "
                     f"p50 {rows[-1]['p50_ms']:.0f} ms  p95 {rows[-1]['p95_ms']:.0f} ms  "
                     f"p99 {rows[-1]['p99_ms']:.0f} ms",
                     flush=True,
                 )
             report["http"] = rows
             report["rss_after_sweep_mb"] = stack.rss_mb()
+            if "ceiling_best" in report and args.pairs > 0:
+                report["pairs"] = paired_runs(stack, data, args, modes, report["ceiling_best"])
             if args.long:
                 samples: list[dict[str, float]] = []
                 conc = max(int(x) for x in args.concurrency.split(","))
                 secs = asyncio.run(
                     drive_count(
-                        stack.port, data, conc, args.long, lambda: samples.append(stack.rss_mb())
+                        stack.port,
+                        data,
+                        conc,
+                        args.long,
+                        lambda: samples.append(stack.rss_mb()),
+                        sync=modes[0] == "sync",
                     )
                 )
                 report["long"] = _flatness(samples, args.long, secs)
@@ -566,6 +636,7 @@ def main() -> int:
         print_table(
             report["http"],
             [
+                "mode",
                 "concurrency",
                 "images_s",
                 "p50_ms",
@@ -579,15 +650,55 @@ def main() -> int:
         print("RSS (MB) idle:", {k: round(v) for k, v in report["rss_idle_mb"].items()})
         print("RSS (MB) after:", {k: round(v) for k, v in report["rss_after_sweep_mb"].items()})
         if "ceiling_best" in report:
-            best_http = max(r["images_s"] for r in report["http"])
-            report["ratio"] = best_http / report["ceiling_best"]["images_s"]
-            print(
-                f"saturation {best_http:.1f} images/s = {report['ratio']:.2f} x ceiling "
-                f"{report['ceiling_best']['images_s']:.1f}"
-            )
+            ceil = report["ceiling_best"]["images_s"]
+            report["ratio_sweep"] = {}
+            for mode in modes:
+                best_http = max(r["images_s"] for r in report["http"] if r["mode"] == mode)
+                report["ratio_sweep"][mode] = best_http / ceil
+                print(
+                    f"sweep: saturation ({mode}) {best_http:.1f} images/s = "
+                    f"{report['ratio_sweep'][mode]:.2f} x ceiling {ceil:.1f}"
+                )
+        if report.get("pairs"):
+            pairs = report["pairs"]
+            ceil = statistics.median(p["ceiling"] for p in pairs)
+            report["ratio"] = {}
+            for mode in modes:
+                e2e = statistics.median(p[mode] for p in pairs)
+                report["ratio"][mode] = e2e / ceil
+                print(
+                    f"paired ({len(pairs)} rounds, medians): {mode} {e2e:.1f} images/s = "
+                    f"{e2e / ceil:.2f} x ceiling {ceil:.1f}"
+                )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def paired_runs(
+    stack: Stack, data: bytes, args: Any, modes: list[str], best: dict[str, Any]
+) -> list[dict[str, float]]:
+    """The best ceiling row and the end-to-end saturation point, measured back to back
+    ``args.pairs`` times: this machine's speed drifts by several percent over minutes, so a
+    ratio is only fair between measurements taken close together. The stack sits idle
+    (blocked reads, a heartbeat every 2 s) while the ceiling runs."""
+    conc = max(int(x) for x in args.concurrency.split(","))
+    out = []
+    for i in range(args.pairs):
+        row = {
+            "ceiling": ceiling_run(
+                data, best["model"], best["batch"], best["procs"], best["threads"], args.seconds
+            )
+        }
+        for mode in modes:
+            res = asyncio.run(
+                drive(stack.port, data, conc, args.seconds, warmup=2.0, sync=mode == "sync")
+            )
+            row[mode] = res.row()["images_s"]
+        out.append(row)
+        shown = "  ".join(f"{k} {v:.1f}" for k, v in row.items())
+        print(f"  pair {i + 1}: {shown} images/s", flush=True)
+    return out
 
 
 def _flatness(samples: list[dict[str, float]], tasks: int, secs: float) -> dict[str, Any]:

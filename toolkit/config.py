@@ -119,7 +119,15 @@ SPECS: tuple[Spec, ...] = (
         "model: efficientnet-lite0, torchvision:<arch>=<file>, torchscript:<file>",
     ),
     Spec("serve_device", "serve.device", _parse_str, "auto, cpu, cuda or cuda:N"),
-    Spec("serve_max_batch", "serve.max_batch", _int_parser(1, 256), "tasks per forward pass"),
+    Spec(
+        "serve_max_batch", "serve.max_batch", _int_parser(1, 256), "tasks a worker claims at once"
+    ),
+    Spec(
+        "serve_forward_batch",
+        "serve.forward_batch",
+        _int_parser(0, 256),
+        "images per forward pass (0: CPU measures, GPU max_batch)",
+    ),
     Spec("serve_max_delay_ms", "serve.max_delay_ms", _int_parser(0, 10000), "wait to fill a batch"),
     Spec("serve_threads", "serve.threads", _opt(_int_parser(1, 1024)), "torch threads per worker"),
     Spec("serve_workers", "serve.workers", _int_parser(1, 1024), "workers on this host"),
@@ -165,6 +173,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "serve_model": "efficientnet-lite0",
         "serve_device": "auto",
         "serve_max_batch": 4,
+        "serve_forward_batch": 0,
         "serve_max_delay_ms": 5,
         "serve_threads": None,
         "serve_workers": 1,
@@ -209,6 +218,7 @@ class Settings:
     serve_model: str
     serve_device: str
     serve_max_batch: int
+    serve_forward_batch: int
     serve_max_delay_ms: int
     serve_threads: int | None
     serve_workers: int

@@ -66,8 +66,16 @@ def test_real_photos_get_the_right_labels(make: Callable[..., Stack]) -> None:
     assert res["status"] == "completed" and len(res["top_k"]) == 2
     assert res["top_k"][0]["index"] in (967, 968)
 
+    # POST ?wait: one request answers with the result; a bad wait is refused by name
+    r = httpx.post(stack.url + "/predict", params={"wait": 30}, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "completed" and r.json()["top_k"][0]["index"] in (967, 968)
+    assert stack.result(r.json()["id"]) == r.json()  # the same stored result
+    r = httpx.post(stack.url + "/predict", params={"wait": "soon"}, json=body, timeout=30)
+    assert r.status_code == 400 and "wait must be a number" in r.json()["detail"]
+
     metrics = httpx.get(stack.url + "/metrics").text
-    assert 'tk_tasks_total{outcome="completed"} 4' in metrics
+    assert 'tk_tasks_total{outcome="completed"} 5' in metrics
     assert "tk_workers_live 2" in metrics and "tk_batch_size_bucket" in metrics
     assert httpx.get(stack.url + "/openapi.json").json()["paths"]["/predict"]
     # the API process never loads torch

@@ -11,7 +11,14 @@ import pytest
 from tests.serve.stack import jpeg, photo
 from toolkit.errors import ConfigError, UsageError
 from toolkit.serve import metrics
-from toolkit.serve.batching import BatchPolicy, Read, default_threads
+from toolkit.serve.admission import DepthGate
+from toolkit.serve.batching import (
+    BatchPolicy,
+    Read,
+    chunks,
+    default_threads,
+    pick_forward_batch,
+)
 from toolkit.serve.images import ImageRejected, inspect, load_rgb
 
 
@@ -29,6 +36,49 @@ def test_batch_policy_fills_until_full_or_deadline() -> None:
         BatchPolicy(0, 5)
     with pytest.raises(ConfigError):
         BatchPolicy(4, -1)
+
+
+def test_claimed_batches_split_into_even_forward_passes() -> None:
+    assert chunks(4, 2) == [(0, 2), (2, 4)]
+    assert chunks(4, 3) == [(0, 2), (2, 4)]  # 2 + 2, not 3 + 1
+    assert chunks(5, 2) == [(0, 1), (1, 3), (3, 5)]
+    assert chunks(3, 8) == [(0, 3)]
+    assert chunks(1, 1) == [(0, 1)]
+    assert chunks(0, 4) == []
+    for n in range(1, 20):
+        for size in range(1, 9):
+            parts = chunks(n, size)
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(0 < b - a <= size for a, b in parts)
+            assert len(parts) == -(-n // size)
+
+
+def test_forward_batch_is_the_cheapest_per_image() -> None:
+    # batch 4 pays for cache misses on a CPU: 2 is cheapest per image
+    timings = {1: [0.018, 0.017, 0.030], 2: [0.015, 0.0151, 0.016], 4: [0.019, 0.018, 0.0185]}
+    assert pick_forward_batch(timings) == 2
+    # one slow outlier per size does not decide it (medians are compared)
+    assert pick_forward_batch({1: [0.010, 0.5, 0.010], 2: [0.012, 0.012, 0.001]}) == 1
+    # within 3 % of the cheapest, the larger pass wins (fewer passes, same work)
+    assert pick_forward_batch({1: [0.0150], 2: [0.0152], 4: [0.0200]}) == 2
+    with pytest.raises(ConfigError):
+        pick_forward_batch({})
+
+
+def test_depth_gate_never_admits_past_the_limit() -> None:
+    gate = DepthGate(limit=3, max_age_s=0.1)
+    assert not gate.admit()  # no reading yet: the API must read the depth first
+    token = gate.start_read()
+    gate.record(1, token, now=10.0)
+    assert gate.admit() and gate.admit()  # 2, 3
+    assert not gate.admit()  # the estimate says full: read again before refusing
+    assert gate.stale(10.2) and not gate.stale(10.05)
+    # workers took two tasks meanwhile; one more was admitted while the read was in flight
+    token = gate.start_read()
+    gate.admitted += 1
+    gate.record(1, token, now=10.3)
+    assert gate.estimate == 2
+    assert gate.admit() and not gate.admit()
 
 
 def test_threads_do_not_oversubscribe() -> None:

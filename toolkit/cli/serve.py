@@ -62,7 +62,16 @@ def worker(
         ),
     ] = None,
     device: Annotated[OptStr, typer.Option(help="auto, cpu, cuda, cuda:N. [default: auto]")] = None,
-    max_batch: Annotated[OptInt, typer.Option(help="Tasks per forward pass. [default: 4]")] = None,
+    max_batch: Annotated[
+        OptInt, typer.Option(help="Tasks claimed and completed together. [default: 4]")
+    ] = None,
+    forward_batch: Annotated[
+        OptInt,
+        typer.Option(
+            help="Images per forward pass, at most --max-batch; 0: on CPU the size measured "
+            "cheapest per image at start-up, on a GPU --max-batch. [default: 0]"
+        ),
+    ] = None,
     max_delay_ms: Annotated[
         OptInt, typer.Option(help="Wait this long to fill a batch. [default: 5]")
     ] = None,
@@ -79,7 +88,9 @@ def worker(
 
     Connects as the tk-worker ACL user. SIGTERM finishes the batch in hand and exits 0.
     """
-    code = _worker(model, device, max_batch, max_delay_ms, threads, name, optimize, log_level)
+    code = _worker(
+        model, device, max_batch, forward_batch, max_delay_ms, threads, name, optimize, log_level
+    )
     raise typer.Exit(code)
 
 
@@ -88,6 +99,7 @@ def _worker(
     model: str | None,
     device: str | None,
     max_batch: int | None,
+    forward_batch: int | None,
     max_delay_ms: int | None,
     threads: int | None,
     name: str | None,
@@ -107,6 +119,7 @@ def _worker(
         serve_model=model,
         serve_device=device,
         serve_max_batch=max_batch,
+        serve_forward_batch=forward_batch,
         serve_max_delay_ms=max_delay_ms,
         serve_threads=threads,
     )
@@ -117,6 +130,7 @@ def _worker(
         model=s.serve_model,
         device=s.serve_device,
         max_batch=s.serve_max_batch,
+        forward_batch=s.serve_forward_batch,
         max_delay_ms=s.serve_max_delay_ms,
         threads=n_threads,
         max_pixels=s.serve_max_image_pixels,

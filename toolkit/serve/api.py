@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from toolkit.queue import constants as C
 from toolkit.queue.protocol import (
@@ -41,6 +41,7 @@ from toolkit.queue.protocol import (
     task_fields,
 )
 from toolkit.serve import images, metrics
+from toolkit.serve.admission import DepthGate
 
 log = logging.getLogger("tk.api")
 
@@ -125,6 +126,11 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _status(raw: Any) -> str | None:
+    res = parse_result(raw)
+    return None if res is None else res.get("status")
+
+
 def _entries(reply: Any) -> list[tuple[Any, Any]]:
     if not reply:
         return []
@@ -140,6 +146,8 @@ class Service:
         self.cfg = cfg
         self.r: Any = cfg.client_factory()
         self.notifier = Notifier(cfg.client_factory(), cfg.queue.done_stream)
+        self.gate = DepthGate(cfg.max_depth)
+        self._refresh: asyncio.Task[None] | None = None
 
     async def waiting(self) -> int:
         async with self.r.pipeline(transaction=False) as p:
@@ -149,15 +157,36 @@ class Service:
         n_pending = 0 if isinstance(pending, Exception) else int(pending["pending"])
         return max(0, int(length) - n_pending)
 
-    async def enqueue(self, image: bytes, top_k: int) -> str:
-        waiting = await self.waiting()
-        if waiting >= self.cfg.max_depth:
+    async def admit(self) -> None:
+        """Backpressure: ApiError 503 (nothing queued) while max_depth tasks or more wait."""
+        loop = asyncio.get_running_loop()
+        if self.gate.admit():
+            if self.gate.stale(loop.time()) and (self._refresh is None or self._refresh.done()):
+                self._refresh = asyncio.create_task(self._read_depth_quietly())
+            return
+        waiting = await self._read_depth()
+        if not self.gate.admit():
             raise ApiError(
                 503,
                 f"queue full: {waiting} tasks waiting (limit {self.cfg.max_depth}); retry later",
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
-        tid, t = new_task_id(), now_ms()
+
+    async def _read_depth(self) -> int:
+        token = self.gate.start_read()
+        waiting = await self.waiting()
+        self.gate.record(waiting, token, asyncio.get_running_loop().time())
+        return waiting
+
+    async def _read_depth_quietly(self) -> None:
+        """The background refresh: a failed read leaves the estimate as it was (an upper
+        bound); the next request that needs the exact figure reports the error."""
+        with contextlib.suppress(Exception):
+            await self._read_depth()
+
+    async def enqueue(self, image: bytes, top_k: int, task_id: str | None = None) -> str:
+        await self.admit()
+        tid, t = task_id or new_task_id(), now_ms()
         q = self.cfg.queue
         async with self.r.pipeline(transaction=True) as p:
             p.set(result_key(tid), pending_marker(tid, t), ex=q.pending_ttl_s)
@@ -165,25 +194,48 @@ class Service:
             await p.execute()
         return tid
 
-    async def result(self, task_id: str, wait: float) -> dict[str, Any]:
+    async def result(
+        self, task_id: str, wait: float, fut: asyncio.Future[None] | None = None
+    ) -> bytes:
+        """The task's stored JSON once it is final, or as it stands when ``wait`` runs out.
+
+        ``fut``: a notification registered before the task was queued (POST ?wait): the
+        first read is skipped, since the task cannot be done before it is queued.
+        """
         if not is_task_id(task_id):
             raise ApiError(404, f"unknown task id {task_id[:80]!r}: ids are 32 hex digits")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT_S)
+        just_queued = fut is not None
         while True:
-            fut = self.notifier.register(task_id) if wait > 0 else None
+            if fut is None and wait > 0:
+                fut = self.notifier.register(task_id)
             try:
-                res = parse_result(await self.r.get(result_key(task_id)))
-                if res is None:
-                    raise ApiError(404, f"unknown task id {task_id}: never queued, or expired")
+                if just_queued:
+                    just_queued, raw = False, None
+                else:
+                    raw = await self.r.get(result_key(task_id))
+                    if raw is None:
+                        raise ApiError(404, f"unknown task id {task_id}: never queued, or expired")
+                    if fut is None or _status(raw) != "pending":
+                        return bytes(raw)
                 left = deadline - loop.time()
-                if res.get("status") != "pending" or fut is None or left <= 0:
-                    return res
+                if fut is None or left <= 0:
+                    return bytes(raw) if raw is not None else await self._read(task_id)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(fut, min(left, RECHECK_S))
+                if loop.time() >= deadline:
+                    return await self._read(task_id)
             finally:
                 if fut is not None:
                     self.notifier.unregister(task_id, fut)
+                    fut = None
+
+    async def _read(self, task_id: str) -> bytes:
+        raw = await self.r.get(result_key(task_id))
+        if raw is None:
+            raise ApiError(404, f"unknown task id {task_id}: never queued, or expired")
+        return bytes(raw)
 
     async def live_workers(self) -> int:
         n = 0
@@ -403,27 +455,56 @@ def _task_routes(app: FastAPI, svc: Service) -> None:
     cfg = svc.cfg
 
     @app.post("/predict", status_code=202, openapi_extra=_PREDICT_BODY)
-    async def predict(request: Request) -> JSONResponse:
-        """Queue one image; answers 202 with the task id to fetch at /result/{id}."""
+    async def predict(request: Request) -> Response:
+        """Queue one image; answers 202 with the task id to fetch at /result/{id}.
+
+        ``?wait=SECONDS`` (max 60): hold the request until the task is done and answer 200
+        with its result (as GET /result gives it); 202 as above if it is not done by then.
+        """
         check_token(cfg, request)
+        wait = _wait_param(request.query_params.get("wait"))
         image, top_k = await _image_from_request(svc, request)
         try:
             images.inspect(image, cfg.max_pixels, cfg.max_image_bytes)
         except images.ImageRejected as exc:
             raise ApiError(exc.status, exc.message) from None
-        tid = await svc.enqueue(image, top_k)
+        tid = new_task_id()
+        fut = svc.notifier.register(tid) if wait > 0 else None
+        try:
+            await svc.enqueue(image, top_k, tid)
+        except BaseException:
+            if fut is not None:
+                svc.notifier.unregister(tid, fut)
+            raise
+        if fut is not None:
+            raw = await svc.result(tid, wait, fut)
+            if _status(raw) != "pending":
+                return Response(raw, 200, media_type="application/json")
         url = f"/result/{tid}"
         body = {"id": tid, "status": "pending", "result_url": url}
         return JSONResponse(body, 202, headers={"Location": url})
 
     @app.get("/result/{task_id}")
-    async def result(request: Request, task_id: str, wait: float = 0.0) -> dict[str, Any]:
+    async def result(request: Request, task_id: str, wait: float = 0.0) -> Response:
         """The task's status: pending, completed (top-k) or failed (reason); 404 if unknown.
 
         ``wait``: seconds to hold the request until the task is done (long-poll, max 60).
         """
         check_token(cfg, request)
-        return await svc.result(task_id, wait)
+        raw = await svc.result(task_id, wait)
+        return Response(raw, 200, media_type="application/json")
+
+
+def _wait_param(raw: str | None) -> float:
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait < float("inf"):
+        raise ApiError(400, f"wait must be a number of seconds (0-60), got {raw[:40]!r}")
+    return wait
 
 
 def _ops_routes(app: FastAPI, svc: Service) -> None:

@@ -62,3 +62,27 @@ class BatchPolicy:
 def default_threads(workers: int, cpus: int | None) -> int:
     """Torch threads per worker so that workers x threads does not exceed the cores."""
     return max(1, (cpus or 1) // max(1, workers))
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, end) ranges that split ``n`` items into as few forward passes of at most
+    ``size`` as possible, as even as possible (4 by 3 -> 2 + 2, not 3 + 1)."""
+    if n <= 0:
+        return []
+    passes = -(-n // max(1, size))
+    bounds = [n * i // passes for i in range(passes + 1)]
+    return list(zip(bounds, bounds[1:], strict=False))
+
+
+def pick_forward_batch(per_image_s: dict[int, list[float]], tolerance: float = 0.03) -> int:
+    """The forward-pass size that costs least per image, from timings per size.
+
+    ``per_image_s``: batch size -> CPU seconds per image of several timed passes. The
+    median of each size is compared; a larger size within ``tolerance`` of the cheapest is
+    preferred (fewer passes for the same work).
+    """
+    if not per_image_s:
+        raise ConfigError("no forward-pass timings to pick a batch size from")
+    medians = {size: sorted(ts)[len(ts) // 2] for size, ts in per_image_s.items() if ts}
+    best = min(medians.values())
+    return max(size for size, cost in medians.items() if cost <= best * (1 + tolerance))

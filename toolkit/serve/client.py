@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 FINAL = ("completed", "failed")
+MAX_SERVER_WAIT_S = 60.0
+"""The longest wait the API holds one request for (api.MAX_WAIT_S)."""
 
 
 @dataclass
@@ -50,6 +52,14 @@ def _detail(resp: Any) -> str:
         return str(resp.text[:200] or resp.reason_phrase)
 
 
+def _fill(sub: Submission, body: dict[str, Any]) -> None:
+    sub.id = body.get("id", sub.id)
+    sub.status = body.get("status", "error")
+    sub.top_k = body.get("top_k", [])
+    sub.error = body.get("error")
+    sub.model, sub.model_version = body.get("model"), body.get("model_version")
+
+
 async def _one(
     client: Any, path: Path, wait: bool, timeout: float, top_k: int | None
 ) -> Submission:
@@ -63,12 +73,21 @@ async def _one(
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     form = {"top_k": str(top_k)} if top_k else None
     try:
-        resp = await client.post("/predict", files={"file": (path.name, data, ctype)}, data=form)
-        if resp.status_code != 202:
+        # --wait: one request (POST ?wait) answers with the result when it is done in time;
+        # otherwise the 202's task id is long-polled at /result until the timeout.
+        first = min(timeout, MAX_SERVER_WAIT_S)
+        resp = await client.post(
+            "/predict",
+            files={"file": (path.name, data, ctype)},
+            data=form,
+            params={"wait": f"{first:.1f}"} if wait else None,
+            timeout=first + 30 if wait else 30.0,
+        )
+        if resp.status_code not in (200, 202):
             sub.error = f"HTTP {resp.status_code}: {_detail(resp)}"
             return sub
-        sub.id, sub.status = resp.json()["id"], "pending"
-        deadline = time.monotonic() + timeout
+        _fill(sub, resp.json())
+        deadline = t0 + timeout
         while wait and sub.status not in FINAL and time.monotonic() < deadline:
             left = max(0.1, min(30.0, deadline - time.monotonic()))
             r = await client.get(
@@ -77,11 +96,7 @@ async def _one(
             if r.status_code != 200:
                 sub.status, sub.error = "error", f"HTTP {r.status_code}: {_detail(r)}"
                 break
-            body = r.json()
-            sub.status = body.get("status", "error")
-            sub.top_k = body.get("top_k", [])
-            sub.error = body.get("error")
-            sub.model, sub.model_version = body.get("model"), body.get("model_version")
+            _fill(sub, r.json())
         if wait and sub.status == "pending":
             sub.status, sub.error = "timeout", f"no result within {timeout:g} s"
     except Exception as exc:  # network errors: one line, this image only

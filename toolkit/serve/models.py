@@ -253,6 +253,28 @@ def load(spec_text: str, device: str = "auto", optimize: str = "trace") -> Loade
     return LoadedModel(spec.name, version, module, dev, mean, std, labels, optimized=how)
 
 
+def time_batches(
+    model: LoadedModel, batch_sizes: Sequence[int], rounds: int = 5
+) -> dict[int, list[float]]:
+    """CPU seconds per image of whole predict() passes, ``rounds`` per size, interleaved.
+
+    Thread CPU time, not wall time: another process taking the core for a while does not
+    count against the size that was running (its cache misses still do).
+    """
+    import time
+
+    import numpy as np
+
+    blank = np.zeros((model.input_size, model.input_size, 3), dtype=np.uint8)
+    out: dict[int, list[float]] = {n: [] for n in batch_sizes}
+    for _ in range(rounds):
+        for n in batch_sizes:
+            t0 = time.thread_time()
+            model.predict([blank] * n, 1)
+            out[n].append((time.thread_time() - t0) / n)
+    return out
+
+
 def warm_up(model: LoadedModel, batch_sizes: Sequence[int]) -> None:
     """Run each batch size a few times so the JIT's profiling runs happen before traffic."""
     import numpy as np

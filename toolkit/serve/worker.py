@@ -29,10 +29,13 @@ from typing import Any
 from toolkit.queue import constants as C
 from toolkit.queue.protocol import Outcome, QueueConfig, Task, TaskQueue, now_ms
 from toolkit.serve import metrics
-from toolkit.serve.batching import BatchPolicy
+from toolkit.serve.batching import BatchPolicy, chunks, pick_forward_batch
 from toolkit.serve.images import ImageRejected, load_rgb
 
 log = logging.getLogger("tk.worker")
+
+FORWARD_CANDIDATES = (1, 2, 3, 4, 6, 8)
+"""Forward-pass sizes a CPU worker times at start-up (larger ones rarely pay on a CPU)."""
 
 
 def default_consumer_name() -> str:
@@ -46,6 +49,9 @@ class WorkerConfig:
     device: str = "auto"
     max_batch: int = C.MAX_BATCH
     max_delay_ms: int = C.MAX_DELAY_MS
+    forward_batch: int = 0
+    """Images per forward pass (at most max_batch); 0: on CPU the size measured cheapest per
+    image at start-up, on an accelerator max_batch."""
     threads: int = 1
     max_pixels: int = C.MAX_IMAGE_PIXELS
     queue: QueueConfig = field(default_factory=QueueConfig)
@@ -89,9 +95,14 @@ class Worker:
         self._handoff: stdqueue.Queue[Prepared | None] = stdqueue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._sweeps = 0
+        self.heap_kept = False
+        self.forward_batch = cfg.max_batch
 
     # --- setup ---------------------------------------------------------------------------
     def load_model(self) -> None:
+        from toolkit.serve import malloc
+
+        self.heap_kept = malloc.keep_heap()  # before torch allocates anything
         import torch
 
         from toolkit.serve import models
@@ -100,8 +111,10 @@ class Worker:
         t0 = time.monotonic()
         self.model = models.load(self.cfg.model, self.cfg.device, self.cfg.optimize)
         models.warm_up(self.model, range(1, self.cfg.max_batch + 1))
+        self.forward_batch = self._choose_forward_batch()
         log.info(
-            "worker %s: model %s (%s, %s) on %s, %d thread(s), max_batch %d, ready in %.1f s",
+            "worker %s: model %s (%s, %s) on %s, %d thread(s), max_batch %d, forward passes "
+            "of %d, malloc %s, ready in %.1f s",
             self.cfg.consumer,
             self.model.name,
             self.model.version,
@@ -109,8 +122,23 @@ class Worker:
             self.model.device,
             self.cfg.threads,
             self.cfg.max_batch,
+            self.forward_batch,
+            "heap kept" if self.heap_kept else "default",
             time.monotonic() - t0,
         )
+
+    def _choose_forward_batch(self) -> int:
+        from toolkit.serve import models
+
+        assert self.model is not None
+        if self.cfg.forward_batch:
+            return min(self.cfg.forward_batch, self.cfg.max_batch)
+        if getattr(self.model.device, "type", "cpu") != "cpu":
+            return self.cfg.max_batch  # accelerators: the bigger the pass, the better
+        sizes = [n for n in FORWARD_CANDIDATES if n <= self.cfg.max_batch]
+        timings = models.time_batches(self.model, sizes, rounds=3)
+        log.debug("worker %s: CPU s per image by forward size: %s", self.cfg.consumer, timings)
+        return pick_forward_batch(timings)
 
     def install_signals(self) -> None:
         def on_signal(signum: int, _frame: Any) -> None:
@@ -139,6 +167,7 @@ class Worker:
             "device": str(getattr(m, "device", "")),
             "threads": self.cfg.threads,
             "max_batch": self.cfg.max_batch,
+            "forward_batch": self.forward_batch,
             "batches": self.stats.batches,
             "completed": self.stats.completed,
             "failed": self.stats.failed,
@@ -224,7 +253,9 @@ class Worker:
         if prep.tasks:
             k = max(t.top_k for t in prep.tasks)
             try:
-                preds = self.model.predict(prep.arrays, k)
+                preds = []
+                for a, b in chunks(len(prep.arrays), self.forward_batch):
+                    preds += self.model.predict(prep.arrays[a:b], k)
             except Exception as exc:
                 reason = f"model error: {exc}".splitlines()[0][:500]
                 outcomes += [Outcome(t, "failed", error=reason) for t in prep.tasks]

@@ -12,6 +12,7 @@ between empty polls (new entries are picked up by the next poll).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from toolkit.errors import ConfigError
@@ -71,7 +72,7 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
         return []
     passes = -(-n // max(1, size))
     bounds = [n * i // passes for i in range(passes + 1)]
-    return list(zip(bounds, bounds[1:], strict=False))
+    return list(itertools.pairwise(bounds))
 
 
 def pick_forward_batch(per_image_s: dict[int, list[float]], tolerance: float = 0.03) -> int:

@@ -450,21 +450,28 @@ class Stack:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def redis_bytes_per_task(stack: Stack, data: bytes, n: int = 200) -> dict[str, float]:
-    """Before any worker starts: used_memory grown per waiting task vs the image's bytes.
-    The tasks are deleted afterwards (as admin), so the workers never see them."""
+def redis_bytes_per_task(stack: Stack, data: bytes, n: int = 500) -> dict[str, Any]:
+    """Before any worker starts: what Redis grows by per waiting task, vs the image's bytes.
+
+    ``used_memory`` is Redis's own accounting (what ``maxmemory`` is compared with: the
+    allocator's usable size of every allocation); ``used_memory_rss`` is what the process
+    holds from the kernel (pages touched). The tasks are deleted afterwards (as admin), so
+    the workers never see them."""
     import httpx
 
     r = stack.admin()
-    before = int(r.info("memory")["used_memory"])
+    info = r.info("memory")
+    before, rss_before = int(info["used_memory"]), int(info["used_memory_rss"])
     with httpx.Client(base_url=f"http://127.0.0.1:{stack.port}") as c:
         for _ in range(n):
             assert (
                 c.post("/predict", content=data, headers={"content-type": "image/jpeg"}).status_code
                 == 202
             )
-    after = int(r.info("memory")["used_memory"])
-    per = (after - before) / n
+    info = r.info("memory")
+    per = (int(info["used_memory"]) - before) / n
+    rss_per = (int(info["used_memory_rss"]) - rss_before) / n
+    allocator = str(info.get("mem_allocator", "?"))
     marker = int(r.memory_usage("tk:result:" + _any_result_id(r)) or 0)
     keys = list(r.scan_iter(match="tk:result:*", count=1000))
     r.delete("tk:tasks", *keys)
@@ -472,13 +479,16 @@ def redis_bytes_per_task(stack: Stack, data: bytes, n: int = 200) -> dict[str, f
     # The stream entry is one listpack allocation; jemalloc rounds it up to its size class
     # (4 classes per power of two), which no protocol change can avoid.
     entry = len(data) + 64
-    rounding = jemalloc_class(entry) - entry
+    rounding = jemalloc_class(entry) - entry if allocator.startswith("jemalloc") else 0
     return {
+        "allocator": allocator,
         "image_bytes": len(data),
         "redis_bytes_per_task": per,
         "overhead_total": per - len(data),
         "allocator_rounding": rounding,
         "overhead_without_rounding": per - len(data) - rounding,
+        "rss_bytes_per_task": rss_per,
+        "rss_overhead": rss_per - len(data),
         "pending_marker_bytes": marker,
     }
 

@@ -67,6 +67,10 @@ def test_enqueue_claim_complete(clients: dict[str, Any]) -> None:
     assert clients["tk-monitor"].xlen(C.TASK_STREAM) == 3
     done = clients["tk-monitor"].xrange(C.DONE_STREAM)
     assert done[-1][1][b"ids"].decode().split(",") == ids[:2]
+    # the notification carries each result, exactly as stored (API long-polls need no GET)
+    for tid in ids[:2]:
+        stored = clients["tk-monitor"].get(C.RESULT_PREFIX + tid)
+        assert done[-1][1][tid.encode()] == stored
     assert api.result("0" * 32) is None
 
 

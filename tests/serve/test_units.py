@@ -59,8 +59,8 @@ def test_forward_batch_is_the_cheapest_per_image() -> None:
     assert pick_forward_batch(timings) == 2
     # one slow outlier per size does not decide it (medians are compared)
     assert pick_forward_batch({1: [0.010, 0.5, 0.010], 2: [0.012, 0.012, 0.001]}) == 1
-    # within 3 % of the cheapest, the larger pass wins (fewer passes, same work)
-    assert pick_forward_batch({1: [0.0150], 2: [0.0152], 4: [0.0200]}) == 2
+    # within 5 % of the cheapest, the smaller pass wins (it loses less to shared caches)
+    assert pick_forward_batch({1: [0.0160], 2: [0.0155], 4: [0.0152], 8: [0.0190]}) == 2
     with pytest.raises(ConfigError):
         pick_forward_batch({})
 

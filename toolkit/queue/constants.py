@@ -19,7 +19,8 @@ DEAD_STREAM = KEY_PREFIX + "tasks:dead"
 """Dead-letter stream: tasks delivered ``max_deliveries`` times without being acked."""
 
 DONE_STREAM = KEY_PREFIX + "tasks:done"
-"""Notifications (task ids, one entry per batch) the API's long-poll waits on; trimmed."""
+"""Notifications the API's long-polls wait on: one entry per completed batch with its task
+ids and their results (so a woken request needs no GET); trimmed."""
 
 RESULT_PREFIX = KEY_PREFIX + "result:"
 """``tk:result:<task id>``: the task's status and, once done, its result (JSON)."""
@@ -47,8 +48,10 @@ HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10
 """A worker refreshes its heartbeat every interval; a missing key means the worker is gone."""
 
-DONE_STREAM_MAXLEN = 10_000
-"""Approximate length the notification stream is trimmed to."""
+DONE_STREAM_MAXLEN = 1_000
+"""Approximate length the notification stream is trimmed to (entries carry results, a few
+hundred bytes each: about 2 MB at max_batch 4). An API reader that falls further behind
+misses wake-ups and finds those results by re-reading each second instead."""
 
 DEAD_STREAM_MAXLEN = 100_000
 """The dead-letter stream is trimmed (approximately) past this many entries."""

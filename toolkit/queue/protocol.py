@@ -6,6 +6,7 @@ image bytes, the enqueue time and how many labels to return. Life of a task:
     enqueue   MULTI: XADD tk:tasks + SET tk:result:<id> {"status": "pending"}
     claim     XREADGROUP GROUP tk-workers <consumer> COUNT n BLOCK ms STREAMS tk:tasks >
     complete  MULTI: SET tk:result:<id> <result> EX ttl + XACK + XDEL + XADD tk:tasks:done
+              (ids and results, for the API's long-polls)
     reclaim   XAUTOCLAIM entries idle past the visibility timeout (their worker died)
     dead      past max_deliveries: XADD tk:tasks:dead (with the reason) + failed result + XACK
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -340,12 +341,13 @@ class TaskQueue:
             return
         t = now_ms()
         ids = [o.task.entry_id for o in outcomes]
+        done = [(o.task.task_id, o.to_json(consumer, t)) for o in outcomes]
         with self.r.pipeline(transaction=True) as p:
-            for o in outcomes:
-                p.set(result_key(o.task.task_id), o.to_json(consumer, t), ex=self.cfg.result_ttl_s)
+            for task_id, body in done:
+                p.set(result_key(task_id), body, ex=self.cfg.result_ttl_s)
             p.xack(self.cfg.stream, self.cfg.group, *ids)
             p.xdel(self.cfg.stream, *ids)
-            self._notify(p, [o.task.task_id for o in outcomes])
+            self._notify(p, done)
             for key, amount in (metrics or {}).items():
                 if isinstance(amount, int):  # counters; floats (sums) stay floats for good
                     p.hincrby(C.METRICS_KEY, key, amount)
@@ -353,13 +355,12 @@ class TaskQueue:
                     p.hincrbyfloat(C.METRICS_KEY, key, amount)
             p.execute()
 
-    def _notify(self, p: Any, task_ids: Iterable[str]) -> None:
-        p.xadd(
-            self.cfg.done_stream,
-            {"ids": ",".join(task_ids)},
-            maxlen=C.DONE_STREAM_MAXLEN,
-            approximate=True,
-        )
+    def _notify(self, p: Any, done: Sequence[tuple[str, str | None]]) -> None:
+        """One done-stream entry: ``ids`` (comma-separated) and each result under its task id
+        (so a waiting API request needs no GET); ``None``: the result is only in its key."""
+        fields: dict[str, str] = {"ids": ",".join(tid for tid, _ in done)}
+        fields.update((tid, body) for tid, body in done if body is not None)
+        p.xadd(self.cfg.done_stream, fields, maxlen=C.DONE_STREAM_MAXLEN, approximate=True)
 
     def _bury(
         self,
@@ -394,7 +395,7 @@ class TaskQueue:
                     "finished_ms": now_ms(),
                 }
                 p.set(result_key(tid), json.dumps(failed), ex=self.cfg.result_ttl_s)
-                self._notify(p, [tid])
+                self._notify(p, [(tid, None)])
             p.xack(self.cfg.stream, self.cfg.group, entry_id)
             p.xdel(self.cfg.stream, entry_id)
             p.hincrby(C.METRICS_KEY, "tasks_dead", 1)

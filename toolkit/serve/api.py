@@ -78,32 +78,43 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+Waiter = asyncio.Future[bytes | None]
+"""Set when the task is done: to its result (JSON bytes) when the notification carried it."""
+
+
 class Notifier:
-    """One XREAD BLOCK loop on the done stream wakes every long-poll waiting on those ids."""
+    """One XREAD BLOCK loop on the done stream wakes every long-poll waiting on those ids,
+    handing over the result when the entry carries it (workers put it there)."""
 
     def __init__(self, client: Any, stream: str) -> None:
         self.r = client
         self.stream = stream
-        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self.waiters: dict[str, set[Waiter]] = {}
         self.last_id = f"{now_ms() - 1000}-0"
 
-    def register(self, task_id: str) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def register(self, task_id: str) -> Waiter:
+        fut: Waiter = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(task_id, set()).add(fut)
         return fut
 
-    def unregister(self, task_id: str, fut: asyncio.Future[None]) -> None:
+    def unregister(self, task_id: str, fut: Waiter) -> None:
         futs = self.waiters.get(task_id)
         if futs is not None:
             futs.discard(fut)
             if not futs:
                 del self.waiters[task_id]
 
-    def wake(self, ids: list[str]) -> None:
-        for tid in ids:
-            for fut in self.waiters.get(tid, ()):
+    def wake(self, fields: dict[Any, Any]) -> None:
+        """Wake the waiters of one done-stream entry (``ids`` plus results by task id)."""
+        raw = fields.get(b"ids") or fields.get("ids") or b""
+        for tid in _s(raw).split(","):
+            futs = self.waiters.get(tid)
+            if not futs:
+                continue
+            body = fields.get(tid.encode(), fields.get(tid))
+            for fut in futs:
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(None if body is None else bytes(body))
 
     async def run(self) -> None:
         while True:
@@ -118,8 +129,7 @@ class Notifier:
             for _stream, entries in _entries(reply):
                 for entry_id, fields in entries:
                     self.last_id = _s(entry_id)
-                    raw = fields.get(b"ids") or fields.get("ids") or b""
-                    self.wake(_s(raw).split(","))
+                    self.wake(fields)
 
 
 def _s(v: Any) -> str:
@@ -194,9 +204,7 @@ class Service:
             await p.execute()
         return tid
 
-    async def result(
-        self, task_id: str, wait: float, fut: asyncio.Future[None] | None = None
-    ) -> bytes:
+    async def result(self, task_id: str, wait: float, fut: Waiter | None = None) -> bytes:
         """The task's stored JSON once it is final, or as it stands when ``wait`` runs out.
 
         ``fut``: a notification registered before the task was queued (POST ?wait): the
@@ -211,19 +219,18 @@ class Service:
             if fut is None and wait > 0:
                 fut = self.notifier.register(task_id)
             try:
-                if just_queued:
-                    just_queued, raw = False, None
-                else:
-                    raw = await self.r.get(result_key(task_id))
-                    if raw is None:
-                        raise ApiError(404, f"unknown task id {task_id}: never queued, or expired")
+                if not just_queued:
+                    raw = await self._read(task_id)
                     if fut is None or _status(raw) != "pending":
-                        return bytes(raw)
+                        return raw
+                just_queued = False
                 left = deadline - loop.time()
                 if fut is None or left <= 0:
-                    return bytes(raw) if raw is not None else await self._read(task_id)
+                    return await self._read(task_id)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(fut, min(left, RECHECK_S))
+                    body = await asyncio.wait_for(fut, min(left, RECHECK_S))
+                    if body is not None:  # the notification carried the result
+                        return body
                 if loop.time() >= deadline:
                     return await self._read(task_id)
             finally:

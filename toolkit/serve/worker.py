@@ -136,7 +136,7 @@ class Worker:
         if getattr(self.model.device, "type", "cpu") != "cpu":
             return self.cfg.max_batch  # accelerators: the bigger the pass, the better
         sizes = [n for n in FORWARD_CANDIDATES if n <= self.cfg.max_batch]
-        timings = models.time_batches(self.model, sizes, rounds=3)
+        timings = models.time_batches(self.model, sizes, rounds=5)
         log.debug("worker %s: CPU s per image by forward size: %s", self.cfg.consumer, timings)
         return pick_forward_batch(timings)
 

@@ -8,10 +8,11 @@ a fifth of the worker's CPU time in the kernel; with the settings below, none, a
 per image instead of 21.5 (``bench/bench_serve.py`` runs the ceiling and the workers with
 them).
 
-The settings: never use ``mmap`` for an allocation (``M_MMAP_MAX`` 0), never trim the heap
-below 1 GiB of free space (``M_TRIM_THRESHOLD``), grow it 64 MiB at a time (``M_TOP_PAD``).
-The price: a worker keeps the memory its largest batch needed (its RSS stays at that peak
-instead of going up and down). Only glibc has ``mallopt``; elsewhere this does nothing.
+The settings: never use ``mmap`` for an allocation (``M_MMAP_MAX`` 0), hand free memory at
+the top of the heap back only when there is more than 256 MiB of it (``M_TRIM_THRESHOLD``),
+grow the heap 64 MiB at a time (``M_TOP_PAD``). The price: a worker keeps up to 256 MiB
+more than it uses after a peak (a batch's activations, one huge image decoded) instead of
+going up and down with every batch. Only glibc has ``mallopt``; elsewhere this does nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ M_MMAP_MAX = -4
 
 SETTINGS = (
     (M_MMAP_MAX, 0),
-    (M_TRIM_THRESHOLD, 1 << 30),
+    (M_TRIM_THRESHOLD, 256 << 20),
     (M_TOP_PAD, 64 << 20),
 )
 

@@ -51,6 +51,7 @@ def _ready_message(plan: Any) -> str:
             "  tk submit path/to/photo.jpg --wait",
             f"  curl -s -F file=@path/to/photo.jpg {url}/predict   # -> task id",
             f"  curl -s '{url}/result/<task id>?wait=10'",
+            f"  curl -s -F file=@path/to/photo.jpg '{url}/predict?wait=10'   # -> result",
             "stop: Ctrl-C here, or `tk down` for a detached stack",
         ]
     )

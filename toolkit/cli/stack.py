@@ -168,8 +168,20 @@ def status(
     if q:
         con.print(f"queue: {q['waiting']} waiting, {q['pending']} pending, {q['dead']} dead")
     hb = info.get("heartbeats") or {}
-    con.print(f"heartbeats: {', '.join(sorted(hb)) or 'none'}")
+    con.print(f"heartbeats: {', '.join(_beat(n, hb[n]) for n in sorted(hb)) or 'none'}")
     raise typer.Exit(0 if info["running"] else 1)
+
+
+def _beat(name: str, beat: Any) -> str:
+    """``worker-1 (4 done, passes of 2)``: a heartbeat in a few words."""
+    if not isinstance(beat, dict):
+        return name
+    parts = []
+    if "completed" in beat:
+        parts.append(f"{beat['completed']} done")
+    if beat.get("forward_batch"):
+        parts.append(f"passes of {beat['forward_batch']}")
+    return f"{name} ({', '.join(parts)})" if parts else name
 
 
 def logs(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,7 +127,12 @@ def test_backpressure_and_bearer_token(make: Callable[..., Stack], tmp_path: Pat
     img = jpeg("coffee.png", size=64)
     _expect(stack.post_image(img), 401, "bearer token")
     _expect(stack.post_image(img, headers={"Authorization": "Bearer wrong"}), 401, "token")
-    ids = [stack.post_image(img, headers=auth).json()["id"] for _ in range(3)]
+    # POST ?wait with no worker: held for the wait, then the usual 202 with the task id
+    t0 = time.monotonic()
+    r = stack.post_image(img, headers=auth, params={"wait": 0.5})
+    assert r.status_code == 202 and r.json()["status"] == "pending", r.text
+    assert time.monotonic() - t0 >= 0.5
+    ids = [r.json()["id"]] + [stack.post_image(img, headers=auth).json()["id"] for _ in range(2)]
     r = stack.post_image(img, headers=auth)
     _expect(r, 503, "queue full", "3 tasks waiting")
     assert r.headers["retry-after"].isdigit()

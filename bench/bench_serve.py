@@ -393,12 +393,10 @@ class Stack:
 
     def forward_batches(self) -> dict[str, int]:
         """What each worker chose (its heartbeat says), e.g. {"w0": 2, "w1": 2}."""
-        r = self.admin()
-        out = {}
-        for key in r.scan_iter(match="tk:worker:*"):
-            beat = json.loads(r.get(key) or "{}")
-            out[str(beat.get("consumer"))] = int(beat.get("forward_batch", 0))
-        return dict(sorted(out.items()))
+        from toolkit.queue.depth import live_workers
+
+        beats = live_workers(self.admin())
+        return {name: int(beats[name].get("forward_batch", 0)) for name in sorted(beats)}
 
     def pids(self) -> dict[str, int]:
         out = {name: p.pid for name, p in self.procs.items()}

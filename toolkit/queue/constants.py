@@ -75,6 +75,9 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_BODY_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 64 * 1024
 """Largest request body (a base64 image in JSON plus room for the rest)."""
 
+MAX_WAIT_S = 60.0
+"""Longest an API request is held for a result (GET /result?wait=, POST /predict?wait=)."""
+
 TOP_K = 5
 """Labels returned per image by default."""
 

@@ -45,9 +45,6 @@ from toolkit.serve.admission import DepthGate
 
 log = logging.getLogger("tk.api")
 
-MAX_WAIT_S = 60.0
-"""Longest long-poll one GET /result may ask for."""
-
 RECHECK_S = 1.0
 """A long-poll re-reads the result at least this often, even without a notification."""
 
@@ -213,7 +210,7 @@ class Service:
         if not is_task_id(task_id):
             raise ApiError(404, f"unknown task id {task_id[:80]!r}: ids are 32 hex digits")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT_S)
+        deadline = loop.time() + min(max(wait, 0.0), C.MAX_WAIT_S)
         just_queued = fut is not None
         while True:
             if fut is None and wait > 0:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.queue import constants as C
+
 FINAL = ("completed", "failed")
-MAX_SERVER_WAIT_S = 60.0
-"""The longest wait the API holds one request for (api.MAX_WAIT_S)."""
 
 
 @dataclass
@@ -75,7 +75,7 @@ async def _one(
     try:
         # --wait: one request (POST ?wait) answers with the result when it is done in time;
         # otherwise the 202's task id is long-polled at /result until the timeout.
-        first = min(timeout, MAX_SERVER_WAIT_S)
+        first = min(timeout, C.MAX_WAIT_S)
         resp = await client.post(
             "/predict",
             files={"file": (path.name, data, ctype)},

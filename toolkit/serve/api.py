@@ -216,14 +216,14 @@ class Service:
             if fut is None and wait > 0:
                 fut = self.notifier.register(task_id)
             try:
-                if not just_queued:
-                    raw = await self._read(task_id)
-                    if fut is None or _status(raw) != "pending":
-                        return raw
+                raw = None if just_queued else await self._read(task_id)
                 just_queued = False
+                if raw is not None and (fut is None or _status(raw) != "pending"):
+                    return raw
+                assert fut is not None  # wait > 0 here: a waiter is registered
                 left = deadline - loop.time()
-                if fut is None or left <= 0:
-                    return await self._read(task_id)
+                if left <= 0:  # the wait is spent: what was just read, or a last read
+                    return raw if raw is not None else await self._read(task_id)
                 with contextlib.suppress(asyncio.TimeoutError):
                     body = await asyncio.wait_for(fut, min(left, RECHECK_S))
                     if body is not None:  # the notification carried the result

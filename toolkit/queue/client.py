@@ -27,7 +27,12 @@ def binary_client(settings: Settings, user: str, **kwargs: Any) -> Any:
 
 
 def async_client(settings: Settings, user: str, max_connections: int | None = None) -> Any:
-    """An asyncio redis-py client for ``user`` (binary replies), for the HTTP API."""
+    """An asyncio redis-py client for ``user`` (binary replies), for the HTTP API.
+
+    ``max_connections``: a bounded pool where a command beyond the limit waits (up to the
+    Redis timeout) for a free connection. redis-py's default pool instead fails at 100
+    commands in flight, which one event loop reaches under a burst of uploads.
+    """
     import redis.asyncio as aredis
 
     from toolkit.redis import connect, credentials
@@ -38,7 +43,15 @@ def async_client(settings: Settings, user: str, max_connections: int | None = No
     if url.startswith("rediss://") and creds is not None and creds.ca_file:
         extra["ssl_ca_certs"] = creds.ca_file
         extra["ssl_check_hostname"] = False
-    if max_connections is not None:
-        extra["max_connections"] = max_connections
     t = settings.redis_timeout
-    return aredis.Redis.from_url(url, socket_connect_timeout=t, decode_responses=False, **extra)
+    if max_connections is None:
+        return aredis.Redis.from_url(url, socket_connect_timeout=t, decode_responses=False, **extra)
+    pool = aredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=t,
+        socket_connect_timeout=t,
+        decode_responses=False,
+        **extra,
+    )
+    return aredis.Redis.from_pool(pool)  # closing the client closes its pool

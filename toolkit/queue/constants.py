@@ -78,6 +78,10 @@ MAX_BODY_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 64 * 1024
 MAX_WAIT_S = 60.0
 """Longest an API request is held for a result (GET /result?wait=, POST /predict?wait=)."""
 
+API_REDIS_CONNECTIONS = 64
+"""Redis connections one API process opens at most; more commands in flight wait their turn
+(long-polls hold none: one shared reader serves them all)."""
+
 TOP_K = 5
 """Labels returned per image by default."""
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from redis.exceptions import RedisError
 
 from toolkit.queue import constants as C
 from toolkit.queue.protocol import (
@@ -450,6 +451,12 @@ def create_app(cfg: ApiConfig) -> Any:
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
 
+    @app.exception_handler(RedisError)
+    async def redis_error(_request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("Redis: %s: %s", type(exc).__name__, exc)
+        detail = f"Redis unavailable ({type(exc).__name__}: {exc}); retry later"
+        return JSONResponse({"detail": detail}, 503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
     _task_routes(app, svc)
     _ops_routes(app, svc)
     return app
@@ -481,9 +488,13 @@ def _task_routes(app: FastAPI, svc: Service) -> None:
                 svc.notifier.unregister(tid, fut)
             raise
         if fut is not None:
-            raw = await svc.result(tid, wait, fut)
-            if _status(raw) != "pending":
-                return Response(raw, 200, media_type="application/json")
+            try:
+                raw = await svc.result(tid, wait, fut)
+            except RedisError as exc:  # the task is queued: answer 202, never ask for a resend
+                log.warning("Redis, waiting for %s: %s", tid, exc)
+            else:
+                if _status(raw) != "pending":
+                    return Response(raw, 200, media_type="application/json")
         url = f"/result/{tid}"
         body = {"id": tid, "status": "pending", "result_url": url}
         return JSONResponse(body, 202, headers={"Location": url})

@@ -1,0 +1,58 @@
+"""The API under many simultaneous clients, and with its Redis gone: every request gets an
+HTTP answer (no reset connection), nothing accepted is lost, and the errors name Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.serve.stack import Stack, jpeg
+from toolkit.queue import constants as C
+from toolkit.redis import server as srv
+
+pytestmark = pytest.mark.slow
+
+
+def test_hundreds_of_simultaneous_uploads_are_all_queued(make: Callable[..., Stack]) -> None:
+    stack = make()
+    stack.start_api()  # no worker: every accepted task stays waiting, countable
+    data, n = jpeg("chelsea.png"), 400
+
+    async def burst() -> list[int | str]:
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        async with httpx.AsyncClient(base_url=stack.url, limits=limits, timeout=60) as client:
+
+            async def one() -> int | str:
+                try:
+                    r = await client.post("/predict", content=data,
+                                          headers={"content-type": "image/jpeg"})  # fmt: skip
+                except httpx.HTTPError as exc:
+                    return f"{type(exc).__name__}: {exc}"
+                return r.status_code
+
+            return list(await asyncio.gather(*(one() for _ in range(n))))
+
+    answers = asyncio.run(burst())
+    assert answers == [202] * n, {a: answers.count(a) for a in set(answers)}
+    assert stack.redis("tk-monitor").xlen(C.TASK_STREAM) == n  # every 202 is a queued task
+
+
+def test_redis_gone_gets_503_naming_redis_and_the_api_stays_up(
+    make: Callable[..., Stack],
+) -> None:
+    stack = make()
+    stack.start_api()
+    queued = stack.post_image(jpeg("chelsea.png")).json()["id"]
+    srv.stop(stack.settings, timeout=10)
+
+    r = stack.post_image(jpeg("chelsea.png"))
+    assert r.status_code == 503 and "Redis" in r.json()["detail"], r.text
+    assert r.headers["retry-after"]
+    r = httpx.get(f"{stack.url}/result/{queued}", timeout=30)
+    assert r.status_code == 503 and "Redis" in r.json()["detail"], r.text
+    assert httpx.get(stack.url + "/readyz", timeout=30).status_code == 503
+    assert httpx.get(stack.url + "/healthz", timeout=30).status_code == 200
+    assert stack.procs["api"].poll() is None

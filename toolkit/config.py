@@ -128,6 +128,12 @@ SPECS: tuple[Spec, ...] = (
         _int_parser(0, 256),
         "images per forward pass (0: CPU measures, GPU max_batch)",
     ),
+    Spec(
+        "serve_decode_threads",
+        "serve.decode_threads",
+        _int_parser(0, 1024),
+        "threads decoding images (0: GPU serve.threads, CPU 1)",
+    ),
     Spec("serve_max_delay_ms", "serve.max_delay_ms", _int_parser(0, 10000), "wait to fill a batch"),
     Spec("serve_threads", "serve.threads", _opt(_int_parser(1, 1024)), "torch threads per worker"),
     Spec("serve_workers", "serve.workers", _int_parser(1, 1024), "workers on this host"),
@@ -174,6 +180,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "serve_device": "auto",
         "serve_max_batch": 4,
         "serve_forward_batch": 0,
+        "serve_decode_threads": 0,
         "serve_max_delay_ms": 5,
         "serve_threads": None,
         "serve_workers": 1,
@@ -219,6 +226,7 @@ class Settings:
     serve_device: str
     serve_max_batch: int
     serve_forward_batch: int
+    serve_decode_threads: int
     serve_max_delay_ms: int
     serve_threads: int | None
     serve_workers: int

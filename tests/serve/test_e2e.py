@@ -194,3 +194,29 @@ def test_poison_task_is_dead_lettered_and_workers_keep_serving(
     figures = json.loads(depth_out.stdout)
     assert figures["dead"] == 1 and figures["pending"] == 0 and figures["live_workers"] == ["w1"]
     assert C.DEAD_STREAM == "tk:tasks:dead"
+
+
+def test_parallel_decoding_keeps_each_result_with_its_image(make: Callable[..., Stack]) -> None:
+    stack = make()
+    TaskQueue(stack.redis("tk-worker")).ensure_group()
+    q = TaskQueue(stack.redis("tk-api"))
+    cat, coffee, bad = jpeg("chelsea.png"), jpeg("coffee.png"), b"\xff\xd8\xff not a jpeg"
+    mix = [cat, coffee, bad, cat, coffee, cat, bad, coffee]
+    ids = [q.enqueue(img) for img in mix]  # all waiting before the worker claims: one batch
+    stack.start_worker("w1", "--decode-threads", "3", "--max-batch", "8", "--forward-batch", "8")
+    mon = TaskQueue(stack.redis("tk-monitor"))
+    deadline = time.monotonic() + 120
+    while True:
+        got = [mon.result(t) or {"status": "missing"} for t in ids]
+        if all(g["status"] in ("completed", "failed") for g in got):
+            break
+        assert time.monotonic() < deadline, f"{got}\n{stack.logs()}"
+        time.sleep(0.2)
+    labels = [g["top_k"][0]["index"] if g["status"] == "completed" else "failed" for g in got]
+    assert [g["batch_size"] for g in got if g["status"] == "completed"] == [6] * 6, got
+    want_cat, want_coffee = range(281, 286), (967, 968)
+    for img, label in zip(mix, labels, strict=True):
+        if img is bad:
+            assert label == "failed"
+        else:
+            assert label in (want_cat if img is cat else want_coffee), labels

@@ -72,6 +72,13 @@ def worker(
             "cheapest per image at start-up, on a GPU --max-batch. [default: 0]"
         ),
     ] = None,
+    decode_threads: Annotated[
+        OptInt,
+        typer.Option(
+            help="Threads decoding a claimed batch's images; 0: on a GPU --threads, on a "
+            "CPU 1 (the cores run the model). [default: 0]"
+        ),
+    ] = None,
     max_delay_ms: Annotated[
         OptInt, typer.Option(help="Wait this long to fill a batch. [default: 5]")
     ] = None,
@@ -89,7 +96,16 @@ def worker(
     Connects as the tk-worker ACL user. SIGTERM finishes the batch in hand and exits 0.
     """
     code = _worker(
-        model, device, max_batch, forward_batch, max_delay_ms, threads, name, optimize, log_level
+        model,
+        device,
+        max_batch,
+        forward_batch,
+        decode_threads,
+        max_delay_ms,
+        threads,
+        name,
+        optimize,
+        log_level,
     )
     raise typer.Exit(code)
 
@@ -100,6 +116,7 @@ def _worker(
     device: str | None,
     max_batch: int | None,
     forward_batch: int | None,
+    decode_threads: int | None,
     max_delay_ms: int | None,
     threads: int | None,
     name: str | None,
@@ -120,6 +137,7 @@ def _worker(
         serve_device=device,
         serve_max_batch=max_batch,
         serve_forward_batch=forward_batch,
+        serve_decode_threads=decode_threads,
         serve_max_delay_ms=max_delay_ms,
         serve_threads=threads,
     )
@@ -131,6 +149,7 @@ def _worker(
         device=s.serve_device,
         max_batch=s.serve_max_batch,
         forward_batch=s.serve_forward_batch,
+        decode_threads=s.serve_decode_threads,
         max_delay_ms=s.serve_max_delay_ms,
         threads=n_threads,
         max_pixels=s.serve_max_image_pixels,
@@ -140,11 +159,20 @@ def _worker(
     w = Worker(cfg, lambda: binary_client(s, "tk-worker"))
     w.install_signals()
     try:
-        return w.run()
+        code = w.run()
     except redis_errors() as exc:
         from toolkit.redis import connect
 
         raise connect.describe_connection_error(exc, connect.resolve_url(s, "tk-worker")) from None
+    # Drained and acked: the rest is interpreter teardown (threads, CUDA). Should that hang,
+    # print every thread's stack to the log and exit instead of holding `tk down` forever.
+    import faulthandler
+
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
+    return code
+
+
+EXIT_GRACE_S = 20.0
 
 
 def redis_errors() -> tuple[type[Exception], ...]:
@@ -168,6 +196,7 @@ def api(
 
     Connects as the tk-api ACL user; never loads torch. OpenAPI at /docs and /openapi.json.
     """
+    from toolkit.queue import constants as C
     from toolkit.queue.client import async_client
     from toolkit.queue.protocol import QueueConfig
     from toolkit.serve.api import ApiConfig, serve
@@ -175,7 +204,7 @@ def api(
     s = settings(serve_host=host, serve_port=port)
     _logging(log_level)
     cfg = ApiConfig(
-        client_factory=lambda: async_client(s, "tk-api"),
+        client_factory=lambda: async_client(s, "tk-api", C.API_REDIS_CONNECTIONS),
         queue=QueueConfig.from_settings(s),
         max_depth=s.queue_max_depth,
         max_image_bytes=s.serve_max_image_bytes,

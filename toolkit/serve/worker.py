@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,9 @@ class WorkerConfig:
     forward_batch: int = 0
     """Images per forward pass (at most max_batch); 0: on CPU the size measured cheapest per
     image at start-up, on an accelerator max_batch."""
+    decode_threads: int = 0
+    """Threads decoding a claimed batch; 0: on an accelerator ``threads``, on CPU 1 (there the
+    cores run the model, and the one loader thread already decodes beside the forward pass)."""
     threads: int = 1
     max_pixels: int = C.MAX_IMAGE_PIXELS
     queue: QueueConfig = field(default_factory=QueueConfig)
@@ -97,6 +101,8 @@ class Worker:
         self._sweeps = 0
         self.heap_kept = False
         self.forward_batch = cfg.max_batch
+        self.decode_threads = 1
+        self._decode_pool: ThreadPoolExecutor | None = None
 
     # --- setup ---------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -112,9 +118,12 @@ class Worker:
         self.model = models.load(self.cfg.model, self.cfg.device, self.cfg.optimize)
         models.warm_up(self.model, range(1, self.cfg.max_batch + 1))
         self.forward_batch = self._choose_forward_batch()
+        self.decode_threads = self._choose_decode_threads()
+        if self.decode_threads > 1:
+            self._decode_pool = ThreadPoolExecutor(self.decode_threads, "tk-decode")
         log.info(
             "worker %s: model %s (%s, %s) on %s, %d thread(s), max_batch %d, forward passes "
-            "of %d, malloc %s, ready in %.1f s",
+            "of %d, %d decode thread(s), malloc %s, ready in %.1f s",
             self.cfg.consumer,
             self.model.name,
             self.model.version,
@@ -123,6 +132,7 @@ class Worker:
             self.cfg.threads,
             self.cfg.max_batch,
             self.forward_batch,
+            self.decode_threads,
             "heap kept" if self.heap_kept else "default",
             time.monotonic() - t0,
         )
@@ -139,6 +149,12 @@ class Worker:
         timings = models.time_batches(self.model, sizes, rounds=5)
         log.debug("worker %s: CPU s per image by forward size: %s", self.cfg.consumer, timings)
         return pick_forward_batch(timings)
+
+    def _choose_decode_threads(self) -> int:
+        if self.cfg.decode_threads:
+            return self.cfg.decode_threads
+        on_cpu = getattr(self.model.device, "type", "cpu") == "cpu"
+        return 1 if on_cpu else max(1, self.cfg.threads)
 
     def install_signals(self) -> None:
         def on_signal(signum: int, _frame: Any) -> None:
@@ -168,6 +184,7 @@ class Worker:
             "threads": self.cfg.threads,
             "max_batch": self.cfg.max_batch,
             "forward_batch": self.forward_batch,
+            "decode_threads": self.decode_threads,
             "batches": self.stats.batches,
             "completed": self.stats.completed,
             "failed": self.stats.failed,
@@ -193,21 +210,29 @@ class Worker:
                 time.sleep(step.pause_ms / 1000)
         return batch
 
-    def prepare(self, tasks: list[Task]) -> Prepared:
+    def _decode(self, task: Task) -> Any:
+        """The model's input array for one task, or the ImageRejected saying why not."""
         assert self.model is not None
+        try:
+            return load_rgb(task.image, self.model.input_size, self.model.resize,
+                            self.cfg.max_pixels)  # fmt: skip
+        except ImageRejected as exc:
+            return exc
+
+    def prepare(self, tasks: list[Task]) -> Prepared:
+        pool = self._decode_pool
+        decoded = (
+            pool.map(self._decode, tasks) if pool and len(tasks) > 1 else map(self._decode, tasks)
+        )
         good: list[Task] = []
         arrays: list[Any] = []
         failed: list[Outcome] = []
-        for task in tasks:
-            try:
-                arrays.append(
-                    load_rgb(
-                        task.image, self.model.input_size, self.model.resize, self.cfg.max_pixels
-                    )
-                )
+        for task, got in zip(tasks, decoded, strict=True):
+            if isinstance(got, ImageRejected):
+                failed.append(Outcome(task, "failed", error=got.message))
+            else:
+                arrays.append(got)
                 good.append(task)
-            except ImageRejected as exc:
-                failed.append(Outcome(task, "failed", error=exc.message))
         return Prepared(good, arrays, failed)
 
     def _loader_loop(self) -> None:
@@ -314,6 +339,8 @@ class Worker:
         return self._finish()
 
     def _finish(self) -> int:
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=True)
         self.queue.clear_heartbeat(self.cfg.consumer)
         self.queue.forget(self.cfg.consumer)
         log.info(

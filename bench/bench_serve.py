@@ -312,6 +312,7 @@ class Stack:
         max_delay_ms: int,
         result_ttl: int = 60,
         forward_batch: int = 0,
+        decode_threads: int = 0,
     ) -> None:
         from toolkit.config import Settings
         from toolkit.redis import server as srv
@@ -332,12 +333,16 @@ class Stack:
             TK_QUEUE_RESULT_TTL=str(result_ttl),
         )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._spawn("api", "api", "--log-level", "warning")
-        self._wait_http("/healthz")
-        self.workers = (workers, threads, max_batch, max_delay_ms, forward_batch)
+        self.workers = (workers, threads, max_batch, max_delay_ms, forward_batch, decode_threads)
+        try:
+            self._spawn("api", "api", "--log-level", "warning")
+            self._wait_http("/healthz")
+        except BaseException:
+            self.close()  # stop Redis and the API: nobody else will
+            raise
 
     def start_workers(self) -> None:
-        workers, threads, max_batch, max_delay_ms, forward_batch = self.workers
+        workers, threads, max_batch, max_delay_ms, forward_batch, decode = self.workers
         for i in range(workers):
             self._spawn(
                 f"w{i}",
@@ -350,10 +355,12 @@ class Stack:
                 str(max_batch),
                 "--forward-batch",
                 str(forward_batch),
+                "--decode-threads",
+                str(decode),
                 "--max-delay-ms",
                 str(max_delay_ms),
                 "--log-level",
-                "warning",
+                "info",  # a few lines at start and stop; a failed run prints them
             )
         self._wait_ready(workers)
 
@@ -373,11 +380,12 @@ class Stack:
 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            self._check_alive()
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2).status_code == 200:
                     return
             time.sleep(0.2)
-        raise RuntimeError(f"{path} did not answer; see {self.tmp}")
+        raise RuntimeError(f"{path} did not answer\n{self._log_tails()}")
 
     def _wait_ready(self, workers: int) -> None:
         import httpx
@@ -388,15 +396,29 @@ class Stack:
                 r = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2)
                 if r.status_code == 200 and r.json()["workers"] >= workers:
                     return
+            self._check_alive()
             time.sleep(0.3)
-        raise RuntimeError("stack did not become ready; see " + str(self.tmp))
+        raise RuntimeError(f"stack did not become ready\n{self._log_tails()}")
 
-    def forward_batches(self) -> dict[str, int]:
+    def _check_alive(self) -> None:
+        dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+        if dead:
+            raise RuntimeError(f"exited early: {dead}\n{self._log_tails()}")
+
+    def _log_tails(self, lines: int = 15) -> str:
+        """The end of each process's log, so a failed start says why (the logs are deleted)."""
+        parts = []
+        for f in sorted(self.tmp.glob("*.log")):
+            tail = f.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {f.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def forward_batches(self, what: str = "forward_batch") -> dict[str, int]:
         """What each worker chose (its heartbeat says), e.g. {"w0": 2, "w1": 2}."""
         from toolkit.queue.depth import live_workers
 
         beats = live_workers(self.admin())
-        return {name: int(beats[name].get("forward_batch", 0)) for name in sorted(beats)}
+        return {name: int(beats[name].get(what, 0)) for name in sorted(beats)}
 
     def pids(self) -> dict[str, int]:
         out = {name: p.pid for name, p in self.procs.items()}
@@ -435,6 +457,14 @@ class Stack:
         for name, p in self.procs.items():
             if name.startswith("w"):
                 p.wait(60)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, exc_type: Any, *_exc: Any) -> None:
+        if exc_type is not None:  # say why before the logs go with the tmp dir
+            print(self._log_tails(), file=sys.stderr)
+        self.close()
 
     def close(self) -> None:
         import psutil
@@ -540,6 +570,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--forward-batch", type=int, default=0, help="0: the worker measures")
+    ap.add_argument("--decode-threads", type=int, default=0, help="0: GPU --threads, CPU 1")
     ap.add_argument("--max-delay-ms", type=int, default=5)
     ap.add_argument("--batches", default="1,2,4,8", help="ceiling batch-size sweep")
     ap.add_argument("--skip-ceiling", action="store_true")
@@ -590,20 +621,22 @@ def main() -> int:
             flush=True,
         )
     if not args.skip_http:
-        stack = Stack(
+        with Stack(
             args.workers,
             args.threads,
             args.max_batch,
             args.max_delay_ms,
             args.result_ttl,
             args.forward_batch,
-        )
-        try:
+            args.decode_threads,
+        ) as stack:
             report["redis_memory"] = redis_bytes_per_task(stack, data)
             print(f"  redis per waiting task: {report['redis_memory']}", flush=True)
             stack.start_workers()
             report["forward_batch"] = stack.forward_batches()
-            print(f"  forward pass sizes the workers chose: {report['forward_batch']}")
+            report["decode_threads"] = stack.forward_batches("decode_threads")
+            print(f"  forward pass sizes the workers chose: {report['forward_batch']}; "
+                  f"decode threads: {report['decode_threads']}")  # fmt: skip
             report["rss_idle_mb"] = stack.rss_mb()
             rows = []
             for mode, c in [(m, int(x)) for m in modes for x in args.concurrency.split(",")]:
@@ -648,8 +681,6 @@ def main() -> int:
                     flush=True,
                 )
             stack.stop_workers()
-        finally:
-            stack.close()
         print("\nend to end:")
         print_table(
             report["http"],

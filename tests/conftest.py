@@ -21,6 +21,21 @@ from toolkit.redis import server as srv
 from toolkit.redis.harden import harden
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run only where an NVIDIA GPU and driver are found."""
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    from toolkit.envs import gpu
+
+    probe = gpu.detect()
+    if probe.present:
+        return
+    skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU: {probe.describe()}")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No TK_* variable from the caller leaks in; cwd and sys.path are restored."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -214,3 +215,22 @@ def test_worker_heap_is_not_page_faulted_back_in_every_batch() -> None:
     assert kept == "True" and faults < 500, faults  # the freed pages are reused as they are
     _, default_faults = run("default")
     assert default_faults > 5 * 10_000  # glibc alone: mmap'd afresh, 12,288 faults each time
+
+
+def test_a_hung_teardown_after_torch_dumps_stacks_and_exits() -> None:
+    """`tk worker` has drained; a non-daemon thread (as a CUDA hang would) never ends: the
+    process still exits, 1, with every thread's stack on stderr for the log."""
+    code = (
+        "import sys, threading, time, torch\n"
+        "import toolkit.cli as cli\n"
+        "cli.TEARDOWN_GRACE_S = 1.0\n"
+        "threading.Thread(target=time.sleep, args=(120,), name='stuck').start()\n"
+        "sys.argv = ['tk', '--version']\n"
+        "cli.main()\n"
+    )
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=90)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Thread 0x" in proc.stderr, proc.stderr
+    assert time.monotonic() - t0 < 60

@@ -76,4 +76,14 @@ def main() -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+        if "torch" in sys.modules:
+            # The work is done (a worker has drained and acked); what is left is interpreter
+            # teardown, where torch's threads and CUDA can hang. Should it, print every
+            # thread's stack to stderr (the log) and exit 1 rather than hold `tk down`.
+            import faulthandler
+
+            faulthandler.dump_traceback_later(TEARDOWN_GRACE_S, exit=True)
         raise
+
+
+TEARDOWN_GRACE_S = 20.0

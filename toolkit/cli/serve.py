@@ -159,20 +159,11 @@ def _worker(
     w = Worker(cfg, lambda: binary_client(s, "tk-worker"))
     w.install_signals()
     try:
-        code = w.run()
+        return w.run()
     except redis_errors() as exc:
         from toolkit.redis import connect
 
         raise connect.describe_connection_error(exc, connect.resolve_url(s, "tk-worker")) from None
-    # Drained and acked: the rest is interpreter teardown (threads, CUDA). Should that hang,
-    # print every thread's stack to the log and exit instead of holding `tk down` forever.
-    import faulthandler
-
-    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
-    return code
-
-
-EXIT_GRACE_S = 20.0
 
 
 def redis_errors() -> tuple[type[Exception], ...]:

@@ -287,3 +287,41 @@ def test_transactions_survive_sigkill(redis_server: Settings) -> None:
     with pytest.raises(redis.AuthenticationError):
         anon.get("tk:result:a")  # the default user holds rights for the AOF loader only
     anon.close()
+
+
+def test_data_a_server_cannot_read_is_named_with_the_fix(
+    redis_factory: StartServer, tmp_path: Path
+) -> None:
+    """valkey 8 writes RDB format 11; redis 7.0 reads up to 10. Switching servers on the same
+    data dir must say so (not just "exited during start-up"), and lose nothing."""
+    from tests.helpers import require_all_servers, server_kinds
+    from toolkit.redis import server as srv
+    from toolkit.redis.harden import harden
+
+    kinds = {k.name: k for k in server_kinds()}
+    valkey, debian = kinds["wheel-valkey"], kinds["debian-redis"]
+    if valkey.path is None or debian.path is None:
+        if require_all_servers():
+            pytest.fail("needs both the valkey wheel and Debian's redis-server")
+        pytest.skip("needs both the valkey wheel and Debian's redis-server")
+    proj = tmp_path / "switch"
+    s = redis_factory(valkey, proj)
+    _client(s, "admin").set("kept", "1")
+    srv.stop(s)
+
+    older = Settings.resolve(
+        flags={"project_dir": proj, "redis_port": s.redis_port, "redis_server": debian.path}
+    )
+    harden(older)
+    r = run_tk(proj, "redis", "start")
+    assert r.exit_code == 1, r.output
+    line = " ".join(r.output.split())
+    assert "cannot load the data in" in line and "RDB format 11, written by valkey 8" in line
+    assert "run the server that wrote it" in line and "move that directory aside" in line
+
+    harden(s)  # back to the server that wrote it: everything is there
+    srv.start(s)
+    try:
+        assert _client(s, "admin").get("kept") == "1"
+    finally:
+        srv.stop(s)

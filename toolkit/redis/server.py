@@ -26,7 +26,7 @@ from toolkit.errors import (
 from toolkit.fsutil import ensure_dir
 from toolkit.procs import alive, spawn_detached
 from toolkit.redis import binary as binaries
-from toolkit.redis import connect, credentials
+from toolkit.redis import connect, credentials, datafiles
 from toolkit.redis.profile import header_value, rendered_for
 from toolkit.redis.version import ServerVersion
 
@@ -157,20 +157,20 @@ def start(
     if foreground:
         os.execv(argv[0], [*argv, "--logfile", ""])
     pid = spawn_detached(argv, cwd=paths.data_dir, out=paths.outfile)
-    _wait_ready(settings, pid, paths, wait or settings.redis_timeout)
+    _wait_ready(settings, pid, paths, wait or settings.redis_timeout, server.describe())
     return {"pid": pid, "port": creds.port, "binary": server.describe(),
             "conf": str(paths.conf), "log": str(paths.logfile)}  # fmt: skip
 
 
-def _wait_ready(settings: Settings, pid: int, paths: ServerPaths, timeout: float) -> None:
+def _wait_ready(
+    settings: Settings, pid: int, paths: ServerPaths, timeout: float, server: str = "the server"
+) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         if not alive(pid):
-            raise ServerStartError(
-                f"redis-server exited during start-up: {_last_error(paths)}",
-                fix=f"see {paths.logfile} and {paths.outfile}",
-            )
+            raise _start_failure(paths, server)
+
         try:
             with connect.client(settings, "admin", timeout=1.0) as c:
                 if c.ping():
@@ -183,6 +183,23 @@ def _wait_ready(settings: Settings, pid: int, paths: ServerPaths, timeout: float
     raise ServerStartError(
         f"redis-server did not answer within {timeout:.0f}s ({last})",
         fix=f"see {paths.logfile}",
+    )
+
+
+def _start_failure(paths: ServerPaths, server: str) -> ServerStartError:
+    """Why the server died at start-up, with the fix; data it cannot read gets named."""
+    line = _last_error(paths)
+    if datafiles.unreadable_version(line) is not None:
+        found = datafiles.data_format(paths.data_dir)
+        what = found.describe() if found else line
+        return ServerStartError(
+            f"{server} cannot load the data in {paths.data_dir}: {what}",
+            fix="run the server that wrote it (--server, or redis.server in tk.yaml, then "
+            "`tk redis harden`), or move that directory aside to start empty",
+        )
+    return ServerStartError(
+        f"redis-server exited during start-up: {line}",
+        fix=f"see {paths.logfile} and {paths.outfile}",
     )
 
 

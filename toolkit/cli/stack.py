@@ -187,7 +187,10 @@ def _beat(name: str, beat: Any) -> str:
 def logs(
     role: Annotated[OptStr, typer.Argument(help="api, worker or redis. [default: all]")] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing new lines, also of files that appear later."
+        ),
     ] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines of history.")] = 40,
 ) -> None:
@@ -198,33 +201,20 @@ def logs(
 @handle_errors
 def _logs(role: str | None, follow: bool, lines: int) -> None:
     from toolkit.errors import UsageError
+    from toolkit.stack.logtail import LogFollower, role_of
 
     if role is not None and role not in ROLES:
         raise UsageError(f"unknown role {role!r}", fix=f"use one of: {', '.join(ROLES)}")
     s = settings()
-
-    def role_of(name: str) -> str:
-        return "worker" if "worker-" in name else name.split(".")[0]
-
-    files = sorted(p for p in s.log_dir.glob("*.log") if role is None or role_of(p.name) == role)
-    if not files:
+    tail = LogFollower(s.log_dir, lambda p: role is None or role_of(p.name) == role)
+    if not tail.current() and not follow:
         raise UsageError(f"no logs in {s.log_dir}", fix="start the stack with `tk up`")
-    offsets: dict[Any, int] = {}
-    for f in files:
-        text = f.read_text(errors="replace").splitlines()[-lines:]
-        for line in text:
-            typer.echo(f"{f.stem:9} | {line}")
-        offsets[f] = f.stat().st_size
-    while follow:
+    for name, line in tail.history(lines):
+        typer.echo(f"{name:9} | {line}")
+    while follow:  # like `tail -F`: files that appear, are truncated or replaced are followed
         time.sleep(0.5)
-        for f in files:
-            size = f.stat().st_size
-            if size > offsets[f]:
-                with open(f, "rb") as fh:
-                    fh.seek(offsets[f])
-                    for line in fh.read().decode(errors="replace").splitlines():
-                        typer.echo(f"{f.stem:9} | {line}")
-                offsets[f] = size
+        for name, line in tail.poll():
+            typer.echo(f"{name:9} | {line}")
 
 
 def doctor(

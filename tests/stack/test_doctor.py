@@ -182,3 +182,20 @@ def test_a_reused_pid_in_a_stale_record_is_left_alone(project: Path) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_disk_is_judged_against_what_redis_can_need(bare: Settings) -> None:
+    """Warn when free disk is under 2 x maxmemory (an AOF rewrite's need), not at a share."""
+    import shutil
+
+    admin = connect.client(bare, "admin")
+    free = shutil.disk_usage(bare.redis_data_dir).free
+    admin.config_set("maxmemory", str(free))  # 2 x maxmemory > free
+    _, checks = doctor(bare.project_dir, "--only", "host")
+    disk = checks["host.disk"]
+    assert disk["status"] == "warn" and "keep 2 x maxmemory" in disk["fix"], disk
+    admin.config_set("maxmemory", str(64 * 2**20))
+    _, checks = doctor(bare.project_dir, "--only", "host")
+    assert checks["host.disk"]["status"] == "ok", checks["host.disk"]
+    assert "2 x maxmemory is 128.0 MiB" in checks["host.disk"]["finding"]
+    admin.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from toolkit.errors import TkError
 from toolkit.health.context import Ctx, Unreachable
 from toolkit.health.model import Check, Outcome, fail, ok, skip, warn
 from toolkit.units import human_size
@@ -32,14 +33,41 @@ def _existing(path: Path) -> Path:
 
 
 def disk_free(ctx: Ctx) -> Outcome:
+    """Fail under ``doctor.min_disk``; warn under 2 x maxmemory, what an AOF rewrite can need
+    (a new base file of up to the dataset's size beside the old files). A share of the disk
+    says little: 20 GiB free of 250 is plenty for a 6 GiB Redis."""
     where = _existing(ctx.s.redis_data_dir)
     usage = shutil.disk_usage(where)
     text = f"{human_size(usage.free)} free of {human_size(usage.total)} at {where} (Redis AOF)"
     if usage.free < ctx.s.doctor_min_disk:
         return fail(text, "free disk space: Redis stops accepting writes when the AOF can't grow")
-    if usage.free < usage.total * 0.10:
-        return warn(text, "less than 10% free: free some space before the AOF fills the disk")
-    return ok(text)
+    limit = _redis_maxmemory(ctx)
+    if limit is None:  # no Redis and no config to read it from: fall back to a share
+        if usage.free < usage.total * 0.10:
+            return warn(text, "less than 10% free: free some space before the AOF fills the disk")
+        return ok(text)
+    need = 2 * limit
+    if usage.free < need:
+        return warn(text, f"keep 2 x maxmemory ({human_size(need)}) free: an AOF rewrite "
+                    "writes up to the dataset's size beside the current files")  # fmt: skip
+    return ok(f"{text}; 2 x maxmemory is {human_size(need)}")
+
+
+def _redis_maxmemory(ctx: Ctx) -> int | None:
+    """maxmemory of the live server, else of the generated redis.conf; None if unknown or 0."""
+    from toolkit.redis import confparse
+    from toolkit.units import parse_size
+
+    try:
+        return int(ctx.info.get("maxmemory", 0)) or None
+    except Exception:  # unreachable, or not allowed: the config says what it will be
+        pass
+    try:
+        found = [d for d in confparse.load(ctx.s.redis_conf_dir / "redis.conf")
+                 if d.name == "maxmemory"]  # fmt: skip
+        return parse_size(found[-1].value) or None if found else None
+    except (OSError, ValueError, TkError):
+        return None
 
 
 def memory(ctx: Ctx) -> Outcome:

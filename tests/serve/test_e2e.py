@@ -70,9 +70,14 @@ def test_real_photos_get_the_right_labels(make: Callable[..., Stack]) -> None:
     r = httpx.post(stack.url + "/predict", params={"wait": 30}, json=body, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "completed" and r.json()["top_k"][0]["index"] in (967, 968)
-    assert stack.result(r.json()["id"]) == r.json()  # the same stored result
+    done_id = r.json()["id"]
+    assert stack.result(done_id) == r.json()  # the same stored result
     r = httpx.post(stack.url + "/predict", params={"wait": "soon"}, json=body, timeout=30)
     assert r.status_code == 400 and "wait must be a number" in r.json()["detail"]
+    for bad in ("soon", "-1", "nan"):  # GET /result validates wait the same way
+        r = httpx.get(f"{stack.url}/result/{done_id}", params={"wait": bad}, timeout=30)
+        assert r.status_code == 400 and "wait must be a number" in r.json()["detail"], r.text
+    assert httpx.get(f"{stack.url}/result/{done_id}", params={"wait": "2.5"}).status_code == 200
 
     metrics = httpx.get(stack.url + "/metrics").text
     assert 'tk_tasks_total{outcome="completed"} 5' in metrics

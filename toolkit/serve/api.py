@@ -500,13 +500,13 @@ def _task_routes(app: FastAPI, svc: Service) -> None:
         return JSONResponse(body, 202, headers={"Location": url})
 
     @app.get("/result/{task_id}")
-    async def result(request: Request, task_id: str, wait: float = 0.0) -> Response:
+    async def result(request: Request, task_id: str, wait: str | None = None) -> Response:
         """The task's status: pending, completed (top-k) or failed (reason); 404 if unknown.
 
         ``wait``: seconds to hold the request until the task is done (long-poll, max 60).
         """
         check_token(cfg, request)
-        raw = await svc.result(task_id, wait)
+        raw = await svc.result(task_id, _wait_param(wait))
         return Response(raw, 200, media_type="application/json")
 
 

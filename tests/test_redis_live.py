@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -43,7 +44,7 @@ def test_generated_config_passes_audit_live_and_as_file(redis_server: Settings) 
 
 def test_unauthenticated_client_is_refused(redis_server: Settings) -> None:
     port = credentials.load(redis_server.redis_conf_dir).port  # type: ignore[union-attr]
-    no_retry = {"socket_timeout": 5, "retry": Retry(NoBackoff(), 0)}
+    no_retry: dict[str, Any] = {"socket_timeout": 5, "retry": Retry(NoBackoff(), 0)}
     anon = redis.Redis(port=port, **no_retry)
     with pytest.raises(redis.AuthenticationError):
         anon.set("tk:x", "1")
@@ -64,7 +65,7 @@ def test_producer_is_least_privilege_admin_is_not(redis_server: Settings) -> Non
         lambda: api.keys("*"),
         lambda: api.get("other:key"),
         lambda: api.xadd("other:stream", {"a": "1"}),
-        lambda: api.execute_command("SHUTDOWN"),
+        lambda: api.execute_command("SHUTDOWN"),  # type: ignore[no-untyped-call]
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             denied()
@@ -283,7 +284,7 @@ def test_transactions_survive_sigkill(redis_server: Settings) -> None:
     assert admin.xlen("tk:tasks") == 1
     log = redis_server.log_dir / "redis.log"
     assert "CRITICAL" not in log.read_text()
-    anon = redis.Redis(port=redis_server.redis_port, socket_timeout=5, retry=None)
+    anon = redis.Redis(port=redis_server.redis_port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.AuthenticationError):
         anon.get("tk:result:a")  # the default user holds rights for the AOF loader only
     anon.close()

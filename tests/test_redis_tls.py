@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.conftest import StartServer
 from tests.helpers import ServerKind, require_all_servers, run_tk
@@ -48,7 +50,7 @@ def test_tls_only_server(redis_factory: StartServer, tmp_path: Path) -> None:
     client = connect.client(s, "tk-api")  # rediss:// with the CA from credentials.json
     assert client.ping()
     client.close()
-    plain = redis.Redis(port=creds.port, socket_timeout=2, retry=None)
+    plain = redis.Redis(port=creds.port, socket_timeout=2, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.ConnectionError):
         plain.ping()
     plain.close()

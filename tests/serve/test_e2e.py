@@ -74,8 +74,8 @@ def test_real_photos_get_the_right_labels(make: Callable[..., Stack]) -> None:
     assert stack.result(done_id) == r.json()  # the same stored result
     r = httpx.post(stack.url + "/predict", params={"wait": "soon"}, json=body, timeout=30)
     assert r.status_code == 400 and "wait must be a number" in r.json()["detail"]
-    for bad in ("soon", "-1", "nan"):  # GET /result validates wait the same way
-        r = httpx.get(f"{stack.url}/result/{done_id}", params={"wait": bad}, timeout=30)
+    for wait in ("soon", "-1", "nan"):  # GET /result validates wait the same way
+        r = httpx.get(f"{stack.url}/result/{done_id}", params={"wait": wait}, timeout=30)
         assert r.status_code == 400 and "wait must be a number" in r.json()["detail"], r.text
     assert httpx.get(f"{stack.url}/result/{done_id}", params={"wait": "2.5"}).status_code == 200
 

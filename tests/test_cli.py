@@ -78,3 +78,12 @@ def test_installed_entry_point_runs() -> None:
     out = subprocess.run([str(tk), "--version"], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"tk {__version__}"
+
+
+def test_status_says_where_a_worker_runs_once_it_is_not_a_cpu() -> None:
+    from toolkit.cli.stack import _beat
+
+    cpu = {"completed": 4, "forward_batch": 2, "device": "cpu", "decode_threads": 1}
+    assert _beat("worker-1", cpu) == "worker-1 (4 done, passes of 2)"
+    gpu = {"completed": 9, "forward_batch": 16, "device": "cuda:0", "decode_threads": 8}
+    assert _beat("worker-1", gpu) == "worker-1 (9 done, passes of 16, on cuda:0, 8 decode threads)"

@@ -181,6 +181,8 @@ def _beat(name: str, beat: Any) -> str:
         parts.append(f"{beat['completed']} done")
     if beat.get("forward_batch"):
         parts.append(f"passes of {beat['forward_batch']}")
+    if str(beat.get("device", "cpu")) != "cpu":  # where it runs matters once it is not a CPU
+        parts.append(f"on {beat['device']}, {beat.get('decode_threads', 1)} decode threads")
     return f"{name} ({', '.join(parts)})" if parts else name
 
 

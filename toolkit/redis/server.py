@@ -170,7 +170,6 @@ def _wait_ready(
     while time.monotonic() < deadline:
         if not alive(pid):
             raise _start_failure(paths, server)
-
         try:
             with connect.client(settings, "admin", timeout=1.0) as c:
                 if c.ping():

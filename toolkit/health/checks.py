@@ -55,7 +55,8 @@ def disk_free(ctx: Ctx) -> Outcome:
 
 def _redis_maxmemory(ctx: Ctx) -> int | None:
     """maxmemory of the live server, else of the generated redis.conf; None if unknown or 0."""
-    from toolkit.redis import confparse
+    from toolkit.redis.audit import facts_from_conf
+    from toolkit.redis.server import ServerPaths
     from toolkit.units import parse_size
 
     try:
@@ -63,9 +64,8 @@ def _redis_maxmemory(ctx: Ctx) -> int | None:
     except Exception:  # unreachable, or not allowed: the config says what it will be
         pass
     try:
-        found = [d for d in confparse.load(ctx.s.redis_conf_dir / "redis.conf")
-                 if d.name == "maxmemory"]  # fmt: skip
-        return parse_size(found[-1].value) or None if found else None
+        value = facts_from_conf(ServerPaths.from_settings(ctx.s).conf).get("maxmemory")
+        return parse_size(value or "0", "maxmemory") or None
     except (OSError, ValueError, TkError):
         return None
 

@@ -85,6 +85,10 @@ class LoadedModel:
     optimized: str = "eager"
     _norm: Any = field(default=None, repr=False)
 
+    @property
+    def on_cpu(self) -> bool:
+        return getattr(self.device, "type", "cpu") == "cpu"
+
     def prepare(self, images: Sequence[Any]) -> Any:
         """Stack uint8 HWC arrays into a normalised float NCHW (channels_last) tensor."""
         import numpy as np

@@ -143,7 +143,7 @@ class Worker:
         assert self.model is not None
         if self.cfg.forward_batch:
             return min(self.cfg.forward_batch, self.cfg.max_batch)
-        if getattr(self.model.device, "type", "cpu") != "cpu":
+        if not self.model.on_cpu:
             return self.cfg.max_batch  # accelerators: the bigger the pass, the better
         sizes = [n for n in FORWARD_CANDIDATES if n <= self.cfg.max_batch]
         timings = models.time_batches(self.model, sizes, rounds=5)
@@ -151,10 +151,10 @@ class Worker:
         return pick_forward_batch(timings)
 
     def _choose_decode_threads(self) -> int:
+        assert self.model is not None
         if self.cfg.decode_threads:
             return self.cfg.decode_threads
-        on_cpu = getattr(self.model.device, "type", "cpu") == "cpu"
-        return 1 if on_cpu else max(1, self.cfg.threads)
+        return 1 if self.model.on_cpu else max(1, self.cfg.threads)
 
     def install_signals(self) -> None:
         def on_signal(signum: int, _frame: Any) -> None:

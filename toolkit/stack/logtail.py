@@ -39,7 +39,7 @@ class LogFollower:
                 data = f.read_bytes()
                 st = f.stat()
                 text = data.decode(errors="replace")
-                complete, _, partial = text.rpartition("\n") if "\n" in text else ("", "", text)
+                complete, _, partial = text.rpartition("\n")  # ("", "", text) if none
                 for line in complete.splitlines()[-lines:] if lines > 0 else []:
                     out.append((f.stem, line))
                 self.files[f] = _Tracked(st.st_ino, len(data), partial.encode())

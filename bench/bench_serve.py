@@ -413,8 +413,8 @@ class Stack:
             parts.append(f"--- {f.name}\n" + "\n".join(tail))
         return "\n".join(parts)
 
-    def forward_batches(self, what: str = "forward_batch") -> dict[str, int]:
-        """What each worker chose (its heartbeat says), e.g. {"w0": 2, "w1": 2}."""
+    def from_heartbeats(self, what: str) -> dict[str, int]:
+        """One number each worker reports in its heartbeat, e.g. forward_batch: {"w0": 2}."""
         from toolkit.queue.depth import live_workers
 
         beats = live_workers(self.admin())
@@ -633,8 +633,8 @@ def main() -> int:
             report["redis_memory"] = redis_bytes_per_task(stack, data)
             print(f"  redis per waiting task: {report['redis_memory']}", flush=True)
             stack.start_workers()
-            report["forward_batch"] = stack.forward_batches()
-            report["decode_threads"] = stack.forward_batches("decode_threads")
+            report["forward_batch"] = stack.from_heartbeats("forward_batch")
+            report["decode_threads"] = stack.from_heartbeats("decode_threads")
             print(f"  forward pass sizes the workers chose: {report['forward_batch']}; "
                   f"decode threads: {report['decode_threads']}")  # fmt: skip
             report["rss_idle_mb"] = stack.rss_mb()

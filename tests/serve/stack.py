@@ -152,6 +152,12 @@ class Stack:
         files = {"file": ("img", data, ctype)}
         return httpx.post(self.url + "/predict", files=files, timeout=30, **kw)
 
+    def submit(self, *paths: str) -> subprocess.CompletedProcess[str]:
+        """`tk submit PATHS --wait --json` as a user runs it, against this stack."""
+        argv = [sys.executable, "-m", "toolkit", "submit", *paths, "--wait", "--json"]
+        return subprocess.run([*argv, "--url", self.url], capture_output=True, text=True,
+                              timeout=120, env=self.env)  # fmt: skip
+
     def result(self, task_id: str, wait: float = 30.0) -> dict[str, Any]:
         r = httpx.get(f"{self.url}/result/{task_id}", params={"wait": wait}, timeout=wait + 30)
         assert r.status_code == 200, r.text

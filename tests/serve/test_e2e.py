@@ -30,15 +30,7 @@ def test_real_photos_get_the_right_labels(make: Callable[..., Stack]) -> None:
 
     images = [str(SKIMAGE_DATA / "chelsea.png"), str(SKIMAGE_DATA / "coffee.png")]
 
-    def submit(*paths: str) -> subprocess.CompletedProcess[str]:
-        """`tk submit PATHS --wait --json` as a user runs it, against this stack."""
-        argv = [sys.executable, "-m", "toolkit", "submit", *paths, "--wait", "--json"]
-        return subprocess.run(
-            [*argv, "--url", stack.url], capture_output=True, text=True, timeout=120,
-            env=stack.env,
-        )  # fmt: skip
-
-    proc = submit(*images)
+    proc = stack.submit(*images)
     assert proc.returncode == 0, proc.stdout + proc.stderr + stack.logs()
     chelsea, coffee = (json.loads(line) for line in proc.stdout.splitlines())
     assert chelsea["status"] == "completed" and chelsea["model"] == "efficientnet-lite0"
@@ -50,7 +42,7 @@ def test_real_photos_get_the_right_labels(make: Callable[..., Stack]) -> None:
     # a file that is not an image: that one fails with the API's reason, exit 1
     bad = stack.log_dir / "notes.jpg"
     bad.write_text("not a photo")
-    proc = submit(str(bad), images[0])
+    proc = stack.submit(str(bad), images[0])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     failed, ok = (json.loads(line) for line in proc.stdout.splitlines())
     assert failed["status"] == "error" and "HTTP 415" in failed["error"], failed

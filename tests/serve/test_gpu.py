@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,9 +29,7 @@ def test_worker_on_cuda_labels_photos_in_whole_batch_passes(make: Callable[..., 
     assert beat["decode_threads"] == beat["threads"], beat  # the CPU cores decode
 
     images = [str(SKIMAGE_DATA / "chelsea.png"), str(SKIMAGE_DATA / "coffee.png")]
-    argv = [sys.executable, "-m", "toolkit", "submit", *images, "--wait", "--json"]
-    proc = subprocess.run([*argv, "--url", stack.url], capture_output=True, text=True,
-                          timeout=120, env=stack.env)  # fmt: skip
+    proc = stack.submit(*images)
     assert proc.returncode == 0, proc.stdout + proc.stderr + stack.logs()
     chelsea, coffee = (json.loads(line) for line in proc.stdout.splitlines())
     assert chelsea["top_k"][0]["index"] in range(281, 286), chelsea  # a cat

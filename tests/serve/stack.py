@@ -148,7 +148,16 @@ class Stack:
     def rss_mb(self, name: str) -> float:
         return psutil.Process(self.procs[name].pid).memory_info().rss / 2**20
 
-    def post_image(self, data: bytes, ctype: str = "image/jpeg", **kw: Any) -> httpx.Response:
+    def post_image(
+        self, data: bytes, ctype: str = "image/jpeg", raw: bool = False, **kw: Any
+    ) -> httpx.Response:
+        """POST /predict as a multipart upload, or with ``raw`` as the body itself (the
+        form `tk submit` sends, answered by the API's RawUploads front)."""
+        if raw:
+            headers = {"content-type": ctype, **kw.pop("headers", {})}
+            return httpx.post(
+                self.url + "/predict", content=data, headers=headers, timeout=30, **kw
+            )
         files = {"file": ("img", data, ctype)}
         return httpx.post(self.url + "/predict", files=files, timeout=30, **kw)
 

@@ -48,9 +48,10 @@ def test_redis_gone_gets_503_naming_redis_and_the_api_stays_up(
     queued = stack.post_image(jpeg("chelsea.png")).json()["id"]
     srv.stop(stack.settings, timeout=10)
 
-    r = stack.post_image(jpeg("chelsea.png"))
-    assert r.status_code == 503 and "Redis" in r.json()["detail"], r.text
-    assert r.headers["retry-after"]
+    for raw in (False, True):
+        r = stack.post_image(jpeg("chelsea.png"), raw=raw)
+        assert r.status_code == 503 and "Redis" in r.json()["detail"], r.text
+        assert r.headers["retry-after"]
     r = httpx.get(f"{stack.url}/result/{queued}", timeout=30)
     assert r.status_code == 503 and "Redis" in r.json()["detail"], r.text
     assert httpx.get(stack.url + "/readyz", timeout=30).status_code == 503

@@ -57,9 +57,12 @@ def test_bad_inputs_get_4xx_and_workers_keep_serving(
     post = stack.url + "/predict"
     good = jpeg("chelsea.png")
 
-    _expect(stack.post_image(b"hello, not an image", "image/png"), 415, "not an image")
-    _expect(stack.post_image(good[: len(good) // 2]), 400, "truncated JPEG")
-    _expect(stack.post_image(_png_20k(), "image/png"), 413, "20000x20000", "pixels")
+    for raw in (False, True):  # multipart (FastAPI) and a raw body (the RawUploads front)
+        _expect(stack.post_image(b"hello, not an image", "image/png", raw), 415, "not an image")
+        _expect(stack.post_image(good[: len(good) // 2], raw=raw), 400, "truncated JPEG")
+        _expect(stack.post_image(_png_20k(), "image/png", raw), 413, "20000x20000", "pixels")
+        _expect(stack.post_image(good, raw=raw, params={"wait": "soon"}), 400, "wait must be")
+        _expect(stack.post_image(good, raw=raw, params={"top_k": 0}), 400, "top_k must be")
     big = b"\xff" * (4 * 1024 * 1024)
     _expect(
         httpx.post(post, content=big, headers={"content-type": "image/jpeg"}), 413, "over the limit"
@@ -125,17 +128,19 @@ def test_backpressure_and_bearer_token(make: Callable[..., Stack], tmp_path: Pat
     stack.start_api()  # no worker: tasks stay waiting
     auth = {"Authorization": "Bearer s3cret-token"}
     img = jpeg("coffee.png", size=64)
-    _expect(stack.post_image(img), 401, "bearer token")
-    _expect(stack.post_image(img, headers={"Authorization": "Bearer wrong"}), 401, "token")
+    for raw in (False, True):
+        _expect(stack.post_image(img, raw=raw), 401, "bearer token")
+        _expect(stack.post_image(img, raw=raw, headers={"Authorization": "Bearer x"}), 401, "token")
     # POST ?wait with no worker: held for the wait, then the usual 202 with the task id
     t0 = time.monotonic()
     r = stack.post_image(img, headers=auth, params={"wait": 0.5})
     assert r.status_code == 202 and r.json()["status"] == "pending", r.text
     assert time.monotonic() - t0 >= 0.5
     ids = [r.json()["id"]] + [stack.post_image(img, headers=auth).json()["id"] for _ in range(2)]
-    r = stack.post_image(img, headers=auth)
-    _expect(r, 503, "queue full", "3 tasks waiting")
-    assert r.headers["retry-after"].isdigit()
+    for raw in (False, True):
+        r = stack.post_image(img, raw=raw, headers=auth)
+        _expect(r, 503, "queue full", "3 tasks waiting")
+        assert r.headers["retry-after"].isdigit()
     mon = stack.redis("tk-monitor")
     assert mon.xlen("tk:tasks") == 3  # nothing enqueued by the refused request
     got = httpx.get(f"{stack.url}/result/{ids[0]}", params={"wait": 0.5}, headers=auth)

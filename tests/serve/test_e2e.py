@@ -47,6 +47,8 @@ def test_real_photos_get_the_right_labels(make: Callable[..., Stack]) -> None:
     failed, ok = (json.loads(line) for line in proc.stdout.splitlines())
     assert failed["status"] == "error" and "HTTP 415" in failed["error"], failed
     assert ok["status"] == "completed"
+    proc = stack.submit(images[1], "--top-k", "2")  # the raw body's ?top_k=
+    assert [len(json.loads(line)["top_k"]) for line in proc.stdout.splitlines()] == [2]
 
     # JSON with base64 bytes works too, and a human-readable submit prints labels
     import base64
@@ -72,7 +74,7 @@ def test_real_photos_get_the_right_labels(make: Callable[..., Stack]) -> None:
     assert httpx.get(f"{stack.url}/result/{done_id}", params={"wait": "2.5"}).status_code == 200
 
     metrics = httpx.get(stack.url + "/metrics").text
-    assert 'tk_tasks_total{outcome="completed"} 5' in metrics
+    assert 'tk_tasks_total{outcome="completed"} 6' in metrics
     assert "tk_workers_live 2" in metrics and "tk_batch_size_bucket" in metrics
     assert httpx.get(stack.url + "/openapi.json").json()["paths"]["/predict"]
     # the API process never loads torch

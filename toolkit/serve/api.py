@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -68,12 +69,34 @@ class ApiConfig:
         return self.max_image_bytes * 4 // 3 + 64 * 1024
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A JSON answer: status, body, extra headers."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 class ApiError(Exception):
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers or {}
+
+
+def error_reply(exc: ApiError | RedisError) -> Reply:
+    """What a client gets for a refused request (ApiError) or an unreachable Redis (503)."""
+    if isinstance(exc, ApiError):
+        return Reply(exc.status, _json({"detail": exc.detail}), exc.headers)
+    log.warning("Redis: %s: %s", type(exc).__name__, exc)
+    detail = f"Redis unavailable ({type(exc).__name__}: {exc}); retry later"
+    return Reply(503, _json({"detail": detail}), {"Retry-After": str(RETRY_AFTER_S)})
 
 
 Waiter = asyncio.Future[bytes | None]
@@ -202,6 +225,34 @@ class Service:
             await p.execute()
         return tid
 
+    async def predict(self, image: bytes, top_k: int, wait: float) -> Reply:
+        """Check and queue one image; with ``wait`` > 0 hold on until it is done: 200 and its
+        result, else (or on a Redis error once it is queued: never invite a resend) 202 and
+        the task id."""
+        try:
+            images.inspect(image, self.cfg.max_pixels, self.cfg.max_image_bytes)
+        except images.ImageRejected as exc:
+            raise ApiError(exc.status, exc.message) from None
+        tid = new_task_id()
+        fut = self.notifier.register(tid) if wait > 0 else None
+        try:
+            await self.enqueue(image, top_k, tid)
+        except BaseException:
+            if fut is not None:
+                self.notifier.unregister(tid, fut)
+            raise
+        if fut is not None:
+            try:
+                raw = await self.result(tid, wait, fut)
+            except RedisError as exc:
+                log.warning("Redis, waiting for %s: %s", tid, exc)
+            else:
+                if _status(raw) != "pending":
+                    return Reply(200, raw)
+        url = f"/result/{tid}"
+        body = {"id": tid, "status": "pending", "result_url": url}
+        return Reply(202, _json(body), {"Location": url})
+
     async def result(self, task_id: str, wait: float, fut: Waiter | None = None) -> bytes:
         """The task's stored JSON once it is final, or as it stands when ``wait`` runs out.
 
@@ -304,19 +355,27 @@ def _top_k(raw: Any, default: int) -> int:
     return k
 
 
-async def _read_body(request: Any, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def _collect(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
+    """The request body from its chunks; 413 as soon as it is known to be over ``limit``."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body is {int(declared):,} bytes, over the limit of {limit:,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    parts, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"request body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    body = await _collect(request.stream(), request.headers.get("content-length"), limit)
     request._body = body  # lets request.form() parse what was read
     return body
+
+
+def _is_raw_image(ctype: str) -> bool:
+    return ctype in images.CONTENT_TYPES or ctype == "application/octet-stream"
 
 
 async def _from_multipart(request: Any, default_k: int) -> tuple[bytes, int]:
@@ -361,9 +420,8 @@ def _from_json(svc: Service, body: bytes, default_k: int) -> tuple[bytes, int]:
 async def _image_from_request(svc: Service, request: Any) -> tuple[bytes, int]:
     """The image bytes and top_k from any accepted body; ApiError naming the problem."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    default_k = svc.cfg.default_top_k
-    raw_image = ctype in images.CONTENT_TYPES or ctype == "application/octet-stream"
-    if ctype not in ("multipart/form-data", "application/json") and not raw_image:
+    default_k = _top_k(request.query_params.get("top_k"), svc.cfg.default_top_k)  # ?top_k=
+    if ctype not in ("multipart/form-data", "application/json") and not _is_raw_image(ctype):
         raise ApiError(
             415,
             f"unsupported content type {ctype or '(none)'!r}: use multipart/form-data, "
@@ -374,7 +432,7 @@ async def _image_from_request(svc: Service, request: Any) -> tuple[bytes, int]:
         return await _from_multipart(request, default_k)
     if ctype == "application/json":
         return _from_json(svc, body, default_k)
-    return body, _top_k(request.query_params.get("top_k"), default_k)
+    return body, default_k
 
 
 _PREDICT_BODY = {
@@ -411,12 +469,11 @@ _PREDICT_BODY = {
 }
 
 
-def check_token(cfg: ApiConfig, request: Any) -> None:
-    """Raise 401 unless the request carries the configured bearer token (if any)."""
+def check_token(cfg: ApiConfig, header: str | None) -> None:
+    """Raise 401 unless the Authorization header carries the configured bearer token (if any)."""
     if cfg.token is None:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
+    scheme, _, given = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), cfg.token):
         raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
@@ -448,18 +505,72 @@ def create_app(cfg: ApiConfig) -> Any:
     app.state.service = svc
 
     @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
-
     @app.exception_handler(RedisError)
-    async def redis_error(_request: Request, exc: RedisError) -> JSONResponse:
-        log.warning("Redis: %s: %s", type(exc).__name__, exc)
-        detail = f"Redis unavailable ({type(exc).__name__}: {exc}); retry later"
-        return JSONResponse({"detail": detail}, 503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    async def refused(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError | RedisError)
+        return _response(error_reply(exc))
 
     _task_routes(app, svc)
     _ops_routes(app, svc)
-    return app
+    return RawUploads(app, svc)
+
+
+def _response(reply: Reply) -> Response:
+    return Response(reply.body, reply.status, reply.headers, media_type="application/json")
+
+
+class RawUploads:
+    """ASGI front: ``POST /predict`` with a raw image body (what ``tk submit`` and the
+    benchmark send) is answered here, without FastAPI's routing and request layers; every
+    other request goes to the FastAPI app. Same checks, same answers (``Service.predict``,
+    ``error_reply``), about a third less API CPU per upload (BENCHMARKS.md)."""
+
+    def __init__(self, app: FastAPI, svc: Service) -> None:
+        self.app = app
+        self.svc = svc
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = {k: v.decode("latin-1") for k, v in scope["headers"]}
+        ctype = headers.get(b"content-type", "").split(";")[0].strip().lower()
+        if not _is_raw_image(ctype):
+            return await self.app(scope, receive, send)
+        cfg = self.svc.cfg
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        try:
+            check_token(cfg, headers.get(b"authorization"))
+            wait = _wait_param(query.get("wait"))
+            body = await _collect(_asgi_body(receive), headers.get(b"content-length"), cfg.max_body)
+            top_k = _top_k(query.get("top_k"), cfg.default_top_k)
+            reply = await self.svc.predict(body, top_k, wait)
+        except (ApiError, RedisError) as exc:
+            reply = error_reply(exc)
+        except ClientGone:
+            return
+        head = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(reply.body)),
+        ]
+        head += [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()
+        ]
+        await send({"type": "http.response.start", "status": reply.status, "headers": head})
+        await send({"type": "http.response.body", "body": reply.body})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def _asgi_body(receive: Any) -> AsyncIterator[bytes]:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        yield msg.get("body", b"")
+        if not msg.get("more_body", False):
+            return
 
 
 def _task_routes(app: FastAPI, svc: Service) -> None:
@@ -472,32 +583,10 @@ def _task_routes(app: FastAPI, svc: Service) -> None:
         ``?wait=SECONDS`` (max 60): hold the request until the task is done and answer 200
         with its result (as GET /result gives it); 202 as above if it is not done by then.
         """
-        check_token(cfg, request)
+        check_token(cfg, request.headers.get("authorization"))
         wait = _wait_param(request.query_params.get("wait"))
         image, top_k = await _image_from_request(svc, request)
-        try:
-            images.inspect(image, cfg.max_pixels, cfg.max_image_bytes)
-        except images.ImageRejected as exc:
-            raise ApiError(exc.status, exc.message) from None
-        tid = new_task_id()
-        fut = svc.notifier.register(tid) if wait > 0 else None
-        try:
-            await svc.enqueue(image, top_k, tid)
-        except BaseException:
-            if fut is not None:
-                svc.notifier.unregister(tid, fut)
-            raise
-        if fut is not None:
-            try:
-                raw = await svc.result(tid, wait, fut)
-            except RedisError as exc:  # the task is queued: answer 202, never ask for a resend
-                log.warning("Redis, waiting for %s: %s", tid, exc)
-            else:
-                if _status(raw) != "pending":
-                    return Response(raw, 200, media_type="application/json")
-        url = f"/result/{tid}"
-        body = {"id": tid, "status": "pending", "result_url": url}
-        return JSONResponse(body, 202, headers={"Location": url})
+        return _response(await svc.predict(image, top_k, wait))
 
     @app.get("/result/{task_id}")
     async def result(request: Request, task_id: str, wait: str | None = None) -> Response:
@@ -505,7 +594,7 @@ def _task_routes(app: FastAPI, svc: Service) -> None:
 
         ``wait``: seconds to hold the request until the task is done (long-poll, max 60).
         """
-        check_token(cfg, request)
+        check_token(cfg, request.headers.get("authorization"))
         raw = await svc.result(task_id, _wait_param(wait))
         return Response(raw, 200, media_type="application/json")
 

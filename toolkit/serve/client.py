@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.queue import constants as C
+from toolkit.serve.images import CONTENT_TYPES
 
 FINAL = ("completed", "failed")
 
@@ -70,17 +71,23 @@ async def _one(
     except OSError as exc:
         sub.error = f"cannot read {path}: {exc.strerror}"
         return sub
-    ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    form = {"top_k": str(top_k)} if top_k else None
+    # The image itself is the body (the API's cheapest form); the API reads the bytes to
+    # tell what they are, so a type it does not list goes as octet-stream.
+    ctype = mimetypes.guess_type(path.name)[0] or ""
+    if ctype not in CONTENT_TYPES:
+        ctype = "application/octet-stream"
     try:
         # --wait: one request (POST ?wait) answers with the result when it is done in time;
         # otherwise the 202's task id is long-polled at /result until the timeout.
         first = min(timeout, C.MAX_WAIT_S)
+        params = {"wait": f"{first:.1f}"} if wait else {}
+        if top_k:
+            params["top_k"] = str(top_k)
         resp = await client.post(
             "/predict",
-            files={"file": (path.name, data, ctype)},
-            data=form,
-            params={"wait": f"{first:.1f}"} if wait else None,
+            content=data,
+            headers={"content-type": ctype},
+            params=params,
             timeout=first + 30 if wait else 30.0,
         )
         if resp.status_code not in (200, 202):

@@ -8,9 +8,14 @@ queue, no HTTP), eager and channels_last + trace + freeze, batch sizes 1..8, as 
 with all cores and as one single-threaded process per core; the best of these is the ceiling.
 
 End to end: a hardened redis-server, the API and N workers (real processes, least-privilege
-users), driven over HTTP by a lean keep-alive client at several concurrencies; each request
-is POST /predict (raw image body) then GET /result/{id}?wait=30. Prints throughput and
-p50/p95/p99 latency, RSS of every process, and Redis memory per waiting task.
+users), driven over HTTP by a lean keep-alive client at several concurrencies, in two flows:
+poll = POST /predict (raw image body) then GET /result/{id}?wait=30; sync = POST
+/predict?wait=30. Prints throughput and p50/p95/p99 latency, CPU and RSS of every process,
+and Redis memory per waiting task.
+
+Pairs: the best ceiling row (its processes kept loaded) and the top concurrency, measured
+back to back --pairs times in alternating order; the ratio is the median of the rounds'
+ratios (this machine's speed drifts by several percent within a minute).
 """
 
 from __future__ import annotations
@@ -53,8 +58,10 @@ def image_bytes(name: str) -> bytes:
 
 
 def _pipeline_worker(
-    data: bytes, how: str, batch: int, threads: int, seconds: float, start: Any, out: Any
+    data: bytes, how: str, batch: int, threads: int, conn: Any, barrier: Any
 ) -> None:
+    """One ceiling process: load and warm up once, then for each number of seconds it is
+    sent, start with the others (barrier), run 1 s unmeasured, measure, send images/s."""
     from toolkit.serve import malloc
 
     malloc.keep_heap()  # what workers do (toolkit/serve/malloc.py)
@@ -73,34 +80,71 @@ def _pipeline_worker(
 
     for _ in range(3):
         step()
-    start.wait()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        step()
-        n += batch
-    out.put(n / (time.perf_counter() - t0))
+    conn.send("ready")
+    while (seconds := conn.recv()) is not None:
+        barrier.wait()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            step()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            step()
+            n += batch
+        conn.send(n / (time.perf_counter() - t0))
+
+
+class CeilingProcs:
+    """The processes of one ceiling row, started once and kept (model loaded and warmed up,
+    waiting on a pipe), so each measurement costs only its own seconds and can sit right
+    next to an end-to-end run."""
+
+    def __init__(self, data: bytes, how: str, batch: int, procs: int, threads: int) -> None:
+        ctx = mp.get_context("spawn")
+        barrier = ctx.Barrier(procs)
+        self.conns, self.ps = [], []
+        for _ in range(procs):
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(
+                target=_pipeline_worker, args=(data, how, batch, threads, theirs, barrier)
+            )
+            p.start()
+            self.conns.append(mine)
+            self.ps.append(p)
+        for conn in self.conns:
+            if not conn.poll(180) or conn.recv() != "ready":
+                self.close()
+                raise RuntimeError("a ceiling process did not start")
+
+    def measure(self, seconds: float) -> float:
+        """Images/s of all the processes together, measured at the same time."""
+        for conn in self.conns:
+            conn.send(seconds)
+        rates = []
+        for conn in self.conns:
+            if not conn.poll(seconds + 120):
+                raise RuntimeError("a ceiling process did not report")
+            rates.append(conn.recv())
+        return float(sum(rates))
+
+    def close(self) -> None:
+        for conn, p in zip(self.conns, self.ps, strict=True):
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+    def __enter__(self) -> CeilingProcs:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
 
 
 def ceiling_run(data: bytes, how: str, batch: int, procs: int, threads: int, sec: float) -> float:
-    ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    ps = [
-        ctx.Process(target=_pipeline_worker, args=(data, how, batch, threads, sec, start, out))
-        for _ in range(procs)
-    ]
-    for p in ps:
-        p.start()
-    time.sleep(0.5)
-    # every process has loaded and warmed up when its first steps finish; give them time
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not all(p.is_alive() for p in ps):
-        time.sleep(0.1)
-    time.sleep(6.0 if procs > 1 else 3.0)
-    start.set()
-    rates = [out.get(timeout=sec + 180) for _ in ps]
-    for p in ps:
-        p.join()
-    return float(sum(rates))
+    with CeilingProcs(data, how, batch, procs, threads) as c:
+        return c.measure(sec)
 
 
 def ceiling(data: bytes, seconds: float, batches: list[int]) -> list[dict[str, Any]]:
@@ -591,9 +635,9 @@ def main() -> int:
     ap.add_argument(
         "--pairs",
         type=int,
-        default=3,
-        help="rounds of (best ceiling row again, then the top concurrency in each mode), "
-        "back to back; the ratio is taken from their medians",
+        default=5,
+        help="rounds of the best ceiling row and the top concurrency in each mode, back to "
+        "back (order alternating); the ratio is the median of the rounds' ratios",
     )
     ap.add_argument("--json", type=Path, help="write all figures here")
     args = ap.parse_args()
@@ -711,13 +755,15 @@ def main() -> int:
         if report.get("pairs"):
             pairs = report["pairs"]
             ceil = statistics.median(p["ceiling"] for p in pairs)
-            report["ratio"] = {}
+            report["ratio"], report["ratio_of_medians"] = {}, {}
             for mode in modes:
                 e2e = statistics.median(p[mode] for p in pairs)
-                report["ratio"][mode] = e2e / ceil
+                ratio = statistics.median(p[mode] / p["ceiling"] for p in pairs)
+                report["ratio"][mode] = ratio
+                report["ratio_of_medians"][mode] = e2e / ceil
                 print(
-                    f"paired ({len(pairs)} rounds, medians): {mode} {e2e:.1f} images/s = "
-                    f"{e2e / ceil:.2f} x ceiling {ceil:.1f}"
+                    f"paired ({len(pairs)} rounds): {mode} median ratio {ratio:.2f} x "
+                    f"(medians: {e2e:.1f} images/s vs ceiling {ceil:.1f} = {e2e / ceil:.2f} x)"
                 )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
@@ -728,25 +774,30 @@ def paired_runs(
     stack: Stack, data: bytes, args: Any, modes: list[str], best: dict[str, Any]
 ) -> list[dict[str, float]]:
     """The best ceiling row and the end-to-end saturation point, measured back to back
-    ``args.pairs`` times: this machine's speed drifts by several percent over minutes, so a
-    ratio is only fair between measurements taken close together. The stack sits idle
-    (blocked reads, a heartbeat every 2 s) while the ceiling runs."""
+    ``args.pairs`` times: this machine's speed drifts by several percent within a minute, so
+    a ratio is only fair between measurements taken close together. The ceiling's processes
+    stay loaded between rounds (idle, on a pipe) and the order alternates (ceiling first in
+    odd rounds, last in even ones) so that a steady drift does not favour either side. The
+    stack sits idle (blocked reads, a heartbeat every 2 s) while the ceiling runs, and the
+    ceiling's processes while the stack does."""
     conc = max(int(x) for x in args.concurrency.split(","))
     out = []
-    for i in range(args.pairs):
-        row = {
-            "ceiling": ceiling_run(
-                data, best["model"], best["batch"], best["procs"], best["threads"], args.seconds
-            )
-        }
-        for mode in modes:
-            res = run_client(
-                drive(stack.port, data, conc, args.seconds, warmup=2.0, sync=mode == "sync")
-            )
-            row[mode] = res.row()["images_s"]
-        out.append(row)
-        shown = "  ".join(f"{k} {v:.1f}" for k, v in row.items())
-        print(f"  pair {i + 1}: {shown} images/s", flush=True)
+    with CeilingProcs(data, best["model"], best["batch"], best["procs"], best["threads"]) as c:
+        for i in range(args.pairs):
+            row: dict[str, float] = {}
+            if i % 2 == 0:
+                row["ceiling"] = c.measure(args.seconds)
+            for mode in modes:
+                res = run_client(
+                    drive(stack.port, data, conc, args.seconds, warmup=2.0, sync=mode == "sync")
+                )
+                row[mode] = res.row()["images_s"]
+            if i % 2 == 1:
+                row["ceiling"] = c.measure(args.seconds)
+            out.append(row)
+            shown = "  ".join(f"{k} {v:.1f}" for k, v in row.items())
+            ratios = "  ".join(f"{m} {row[m] / row['ceiling']:.2f} x" for m in modes)
+            print(f"  pair {i + 1}: {shown} images/s; {ratios}", flush=True)
     return out
 
 

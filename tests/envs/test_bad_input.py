@@ -143,6 +143,8 @@ class _SlowHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.endswith(".tar.bz2"):
+            assert isinstance(self.server, _QuietServer)
+            self.server.downloading.set()
             time.sleep(1.0)
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             super().do_GET()  # the client may be interrupted: that is the point
@@ -152,27 +154,32 @@ class _SlowHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
+    downloading = threading.Event()  # replaced per server in the fixture
+
     def handle_error(self, request: object, client_address: object) -> None:
         pass
 
 
 @pytest.fixture
-def slow_channel_url(cf_channel: Path) -> Iterator[str]:
+def slow_channel(cf_channel: Path) -> Iterator[tuple[str, threading.Event]]:
+    """The channel's URL on a slow mirror, and an event set when a package download starts."""
     handler = functools.partial(_SlowHandler, directory=str(cf_channel))
     server = _QuietServer(("127.0.0.1", 0), handler)
+    server.downloading = threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        yield f"http://127.0.0.1:{server.server_address[1]}/", server.downloading
     finally:
         server.shutdown()
         server.server_close()
 
 
 def test_ctrl_c_during_install_leaves_nothing(
-    env_project: EnvProject, slow_channel_url: str, tmp_path: Path
+    env_project: EnvProject, slow_channel: tuple[str, threading.Event], tmp_path: Path
 ) -> None:
-    env_project.write_spec(channel=slow_channel_url)
+    url, downloading = slow_channel
+    env_project.write_spec(channel=url)
     env = dict(os.environ, TK_ENV_CACHE_DIR=str(tmp_path / "fresh-cache"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "toolkit", "-C", str(env_project.root), "env", "create", "--cpu"],
@@ -182,12 +189,14 @@ def test_ctrl_c_during_install_leaves_nothing(
         text=True,
     )
     try:
+        # Interrupt while a package is downloading (each takes a second): the partial
+        # prefix exists by then, and the install cannot finish before the signal lands.
         deadline = time.monotonic() + 30
-        while not list(env_project.envs_dir.glob(".demo.tk-partial-*")):
+        while not downloading.wait(0.05):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "install never started"
-            time.sleep(0.02)
-        time.sleep(0.2)
+        assert list(env_project.envs_dir.glob(".demo.tk-partial-*"))
+        time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:

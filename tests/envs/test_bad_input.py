@@ -181,13 +181,20 @@ def test_ctrl_c_during_install_leaves_nothing(
     url, downloading = slow_channel
     env_project.write_spec(channel=url)
     env = dict(os.environ, TK_ENV_CACHE_DIR=str(tmp_path / "fresh-cache"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "toolkit", "-C", str(env_project.root), "env", "create", "--cpu"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # A runner started in the background (`cmd &` in a script) ignores SIGINT, and children
+    # inherit that; a user's terminal does not: start tk with SIGINT's default.
+    was = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "toolkit", "-C", str(env_project.root), "env", "create",
+             "--cpu"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if was is None else was)
     try:
         # Interrupt while a package is downloading (each takes a second): the partial
         # prefix exists by then, and the install cannot finish before the signal lands.

@@ -479,7 +479,8 @@ def check_token(cfg: ApiConfig, header: str | None) -> None:
 
 
 def create_app(cfg: ApiConfig) -> Any:
-    """The FastAPI application (routes, auth, limits, error format)."""
+    """The ASGI app to serve: the FastAPI application (routes, auth, limits, error format)
+    behind the raw-upload front (``RawUploads``)."""
     from toolkit import __version__
 
     svc = Service(cfg)

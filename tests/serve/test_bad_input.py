@@ -143,6 +143,9 @@ def test_backpressure_and_bearer_token(make: Callable[..., Stack], tmp_path: Pat
         assert r.headers["retry-after"].isdigit()
     mon = stack.redis("tk-monitor")
     assert mon.xlen("tk:tasks") == 3  # nothing enqueued by the refused request
+    gauges = httpx.get(stack.url + "/metrics").text
+    for line in ("tk_queue_waiting 3", "tk_queue_pending 0", "tk_queue_dead 0"):
+        assert f"\n{line}" in gauges, (line, gauges[:400])
     got = httpx.get(f"{stack.url}/result/{ids[0]}", params={"wait": 0.5}, headers=auth)
     assert got.status_code == 200 and got.json()["status"] == "pending"
     ready = httpx.get(stack.url + "/readyz")

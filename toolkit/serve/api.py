@@ -180,13 +180,22 @@ class Service:
         self.gate = DepthGate(cfg.max_depth)
         self._refresh: asyncio.Task[None] | None = None
 
-    async def waiting(self) -> int:
+    async def _counts(self) -> tuple[int, int, Any, int]:
+        """One pipeline: stream length, pending (claimed, not acked) and the oldest pending
+        entry's id (0 and None before the group exists), dead-letter stream length."""
+        q = self.cfg.queue
         async with self.r.pipeline(transaction=False) as p:
-            p.xlen(self.cfg.queue.stream)
-            p.xpending(self.cfg.queue.stream, self.cfg.queue.group)
-            length, pending = await p.execute(raise_on_error=False)
-        n_pending = 0 if isinstance(pending, Exception) else int(pending["pending"])
-        return max(0, int(length) - n_pending)
+            p.xlen(q.stream)
+            p.xpending(q.stream, q.group)
+            p.xlen(q.dead_stream)
+            length, pending, dead = await p.execute(raise_on_error=False)
+        if isinstance(pending, Exception):
+            return int(length), 0, None, int(dead)
+        return int(length), int(pending["pending"]), pending.get("min"), int(dead)
+
+    async def waiting(self) -> int:
+        length, pending, _oldest, _dead = await self._counts()
+        return max(0, length - pending)
 
     async def admit(self) -> None:
         """Backpressure: ApiError 503 (nothing queued) while max_depth tasks or more wait."""
@@ -300,20 +309,13 @@ class Service:
         return n
 
     async def gauges(self) -> dict[str, tuple[str, float]]:
-        q = self.cfg.queue
-        async with self.r.pipeline(transaction=False) as p:
-            p.xlen(q.stream)
-            p.xpending(q.stream, q.group)
-            p.xlen(q.dead_stream)
-            length, pending, dead = await p.execute(raise_on_error=False)
-        n_pending = 0 if isinstance(pending, Exception) else int(pending["pending"])
-        oldest = None if isinstance(pending, Exception) else pending.get("min")
+        length, n_pending, oldest, dead = await self._counts()
         age = (now_ms() - int(_s(oldest).split("-")[0])) / 1000 if oldest and n_pending else 0
         return {
-            "tk_queue_waiting": ("tasks waiting to be claimed", max(0, int(length) - n_pending)),
+            "tk_queue_waiting": ("tasks waiting to be claimed", max(0, length - n_pending)),
             "tk_queue_pending": ("tasks claimed by a worker, not yet acked", n_pending),
             "tk_queue_oldest_pending_age_seconds": ("age of the oldest claimed task", age),
-            "tk_queue_dead": ("entries in the dead-letter stream", int(dead)),
+            "tk_queue_dead": ("entries in the dead-letter stream", dead),
             "tk_workers_live": ("workers with a live heartbeat", await self.live_workers()),
         }
 

@@ -57,11 +57,16 @@ def image_bytes(name: str) -> bytes:
 # --- ceiling --------------------------------------------------------------------------------
 
 
+CEILING_WARM_S = 1.0
+"""Unmeasured seconds a ceiling process runs before each measurement."""
+
+
 def _pipeline_worker(
     data: bytes, how: str, batch: int, threads: int, conn: Any, barrier: Any
 ) -> None:
     """One ceiling process: load and warm up once, then for each number of seconds it is
-    sent, start with the others (barrier), run 1 s unmeasured, measure, send images/s."""
+    sent, start with the others (barrier), run CEILING_WARM_S unmeasured, measure, send
+    images/s."""
     from toolkit.serve import malloc
 
     malloc.keep_heap()  # what workers do (toolkit/serve/malloc.py)
@@ -84,7 +89,7 @@ def _pipeline_worker(
     while (seconds := conn.recv()) is not None:
         barrier.wait()
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < 1.0:
+        while time.perf_counter() - t0 < CEILING_WARM_S:
             step()
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:

@@ -46,14 +46,20 @@ def _completed(stack: bs.Stack) -> int:
     return int(stack.admin().hget(C.METRICS_KEY, "tasks_completed") or 0)
 
 
+def _ms_per_image(cpu_s: float, rate: float, seconds: float) -> float:
+    """CPU ms per image of a ceiling measurement: its CPU time covers the unmeasured
+    warm-up too, run at the same rate."""
+    return cpu_s / (rate * (seconds + bs.CEILING_WARM_S)) * 1000
+
+
 def alone(data: bytes, seconds: float, procs: int) -> float:
     """CPU ms per image of the ceiling's processes with nothing else running."""
     with bs.CeilingProcs(data, "trace", 2, procs, 1) as c:
         pids = [p.pid for p in c.ps if p.pid is not None]
         c0 = sum(_cpu(p) for p in pids)
-        rate = c.measure(seconds)  # images/s over `seconds`, after 1 s unmeasured
+        rate = c.measure(seconds)  # images/s over `seconds`, after CEILING_WARM_S unmeasured
         c1 = sum(_cpu(p) for p in pids)
-    return (c1 - c0) / (rate * (seconds + 1.0)) * 1000
+    return _ms_per_image(c1 - c0, rate, seconds)
 
 
 def beside(stack: bs.Stack, c: bs.CeilingProcs, data: bytes, seconds: float) -> dict[str, float]:
@@ -71,7 +77,7 @@ def beside(stack: bs.Stack, c: bs.CeilingProcs, data: bytes, seconds: float) -> 
     load.join()
     done = max(1, n1 - n0)
     out = {
-        "ceiling_beside_ms": (k1 - k0) / (rate * (seconds + 1.0)) * 1000,
+        "ceiling_beside_ms": _ms_per_image(k1 - k0, rate, seconds),
         "worker_beside_ms": (s1["w0"] - s0["w0"]) / done * 1000,
     }
     for name in ("api", "redis", "client"):

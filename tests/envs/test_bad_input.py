@@ -154,7 +154,7 @@ class _SlowHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
-    downloading = threading.Event()  # replaced per server in the fixture
+    downloading: threading.Event  # set by the fixture
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass

@@ -420,10 +420,11 @@ def _from_json(svc: Service, body: bytes, default_k: int) -> tuple[bytes, int]:
 
 
 async def _image_from_request(svc: Service, request: Any) -> tuple[bytes, int]:
-    """The image bytes and top_k from any accepted body; ApiError naming the problem."""
+    """The image bytes and top_k from a multipart or JSON body; ApiError naming the problem.
+    (A raw image body never gets here: ``RawUploads`` answers it.)"""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     default_k = _top_k(request.query_params.get("top_k"), svc.cfg.default_top_k)  # ?top_k=
-    if ctype not in ("multipart/form-data", "application/json") and not _is_raw_image(ctype):
+    if ctype not in ("multipart/form-data", "application/json"):
         raise ApiError(
             415,
             f"unsupported content type {ctype or '(none)'!r}: use multipart/form-data, "
@@ -432,9 +433,7 @@ async def _image_from_request(svc: Service, request: Any) -> tuple[bytes, int]:
     body = await _read_body(request, svc.cfg.max_body)
     if ctype == "multipart/form-data":
         return await _from_multipart(request, default_k)
-    if ctype == "application/json":
-        return _from_json(svc, body, default_k)
-    return body, default_k
+    return _from_json(svc, body, default_k)
 
 
 _PREDICT_BODY = {
@@ -544,8 +543,8 @@ class RawUploads:
         try:
             check_token(cfg, headers.get(b"authorization"))
             wait = _wait_param(query.get("wait"))
-            body = await _collect(_asgi_body(receive), headers.get(b"content-length"), cfg.max_body)
             top_k = _top_k(query.get("top_k"), cfg.default_top_k)
+            body = await _collect(_asgi_body(receive), headers.get(b"content-length"), cfg.max_body)
             reply = await self.svc.predict(body, top_k, wait)
         except (ApiError, RedisError) as exc:
             reply = error_reply(exc)

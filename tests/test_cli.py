@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,27 @@ def test_every_command_has_help(project: Path, path: list[str]) -> None:
     for name in path:
         cmd = cmd.commands[name]  # type: ignore[attr-defined]
     assert (cmd.help or "").strip(), f"`tk {' '.join(path)}` has no help text"
+
+
+def _flat(text: str) -> str:
+    """Help output as one line: box borders gone, whitespace collapsed (Rich wraps lines)."""
+    return " ".join(text.replace("\u2502", " ").split())
+
+
+@pytest.mark.parametrize("path", [[], *_all_commands()], ids=lambda p: " ".join(["tk", *p]))
+def test_help_shows_the_defaults_and_variables_it_names(project: Path, path: list[str]) -> None:
+    # Rich reads "[default: 4]" as a markup tag and drops it unless it is escaped.
+    cmd = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]  # type: ignore[attr-defined]
+    notes = [
+        note.replace("\\[", "[")
+        for param in cmd.params
+        for note in re.findall(r"\\?\[(?:default|env): [^\]]*\]", getattr(param, "help", "") or "")
+    ]
+    shown = _flat(run_tk(project, *path, "--help").output)
+    missing = [note for note in notes if _flat(note) not in shown]
+    assert not missing, f"`tk {' '.join(path)} --help` does not show {missing}"
 
 
 def test_every_command_is_in_the_readme() -> None:

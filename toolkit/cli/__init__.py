@@ -51,7 +51,7 @@ def root(
         typer.Option(
             "--project-dir",
             "-C",
-            help="Project directory (holds tk.yaml, envs/, redis-conf/). [env: TK_PROJECT_DIR]",
+            help="Project directory (holds tk.yaml, envs/, redis-conf/). \\[env: TK_PROJECT_DIR]",
             show_default="current directory",
         ),
     ] = None,

@@ -20,21 +20,21 @@ OptInt = Optional[int]  # noqa: UP045
 
 ServerOpt = Annotated[
     OptPath,
-    typer.Option("--server", help="redis-server/valkey-server binary. [env: TK_REDIS_SERVER]"),
+    typer.Option("--server", help="redis-server/valkey-server binary. \\[env: TK_REDIS_SERVER]"),
 ]
 
 
 @app.command("harden")
 @handle_errors
 def harden_cmd(
-    port: Annotated[OptInt, typer.Option(help="Port to listen on. [default: 6379]")] = None,
+    port: Annotated[OptInt, typer.Option(help="Port to listen on. \\[default: 6379]")] = None,
     maxmemory: Annotated[
         OptStr,
-        typer.Option(help="Memory limit, e.g. 2gb or 512mb. [default: a quarter of RAM]"),
+        typer.Option(help="Memory limit, e.g. 2gb or 512mb. \\[default: a quarter of RAM]"),
     ] = None,
     policy: Annotated[
         OptStr,
-        typer.Option("--maxmemory-policy", help="Eviction policy. [default: noeviction]"),
+        typer.Option("--maxmemory-policy", help="Eviction policy. \\[default: noeviction]"),
     ] = None,
     durable: Annotated[
         bool, typer.Option("--durable", help="appendfsync always (every write hits disk).")
@@ -47,7 +47,7 @@ def harden_cmd(
         OptStr,
         typer.Option(
             help="Addresses to listen on, e.g. '127.0.0.1 -::1 10.0.0.5' (beyond loopback: "
-            "needs TLS or --force). [default: 127.0.0.1 -::1]"
+            "needs TLS or --force). \\[default: 127.0.0.1 -::1]"
         ),
     ] = None,
     tls_cert: Annotated[OptPath, typer.Option("--tls-cert", help="TLS certificate.")] = None,

@@ -53,39 +53,44 @@ def read_token(s: Settings) -> str | None:
     return token
 
 
+@handle_errors
 def worker(
     model: Annotated[
         OptStr,
         typer.Option(
             help="efficientnet-lite0 | torchvision:<arch>=<file> | torchscript:<file>. "
-            "[env: TK_SERVE_MODEL]"
+            "\\[env: TK_SERVE_MODEL]"
         ),
     ] = None,
-    device: Annotated[OptStr, typer.Option(help="auto, cpu, cuda, cuda:N. [default: auto]")] = None,
+    device: Annotated[
+        OptStr, typer.Option(help="auto, cpu, cuda, cuda:N. \\[default: auto]")
+    ] = None,
     max_batch: Annotated[
-        OptInt, typer.Option(help="Tasks claimed and completed together. [default: 4]")
+        OptInt, typer.Option(help="Tasks claimed and completed together. \\[default: 4]")
     ] = None,
     forward_batch: Annotated[
         OptInt,
         typer.Option(
             help="Images per forward pass, at most --max-batch; 0: on CPU the size measured "
-            "cheapest per image at start-up, on a GPU --max-batch. [default: 0]"
+            "cheapest per image at start-up, on a GPU --max-batch. \\[default: 0]"
         ),
     ] = None,
     decode_threads: Annotated[
         OptInt,
         typer.Option(
             help="Threads decoding a claimed batch's images; 0: on a GPU --threads, on a "
-            "CPU 1 (the cores run the model). [default: 0]"
+            "CPU 1 (the cores run the model). \\[default: 0]"
         ),
     ] = None,
     max_delay_ms: Annotated[
-        OptInt, typer.Option(help="Wait this long to fill a batch. [default: 5]")
+        OptInt, typer.Option(help="Wait this long to fill a batch. \\[default: 5]")
     ] = None,
     threads: Annotated[
-        OptInt, typer.Option(help="Torch threads. [default: cores / serve.workers]")
+        OptInt, typer.Option(help="Torch threads. \\[default: cores / serve.workers]")
     ] = None,
-    name: Annotated[OptStr, typer.Option(help="Consumer name. [default: host-pid-random]")] = None,
+    name: Annotated[
+        OptStr, typer.Option(help="Consumer name. \\[default: host-pid-random]")
+    ] = None,
     optimize: Annotated[
         str, typer.Option(help="trace (channels_last + jit trace + freeze) or eager.")
     ] = "trace",
@@ -95,34 +100,6 @@ def worker(
 
     Connects as the tk-worker ACL user. SIGTERM finishes the batch in hand and exits 0.
     """
-    code = _worker(
-        model,
-        device,
-        max_batch,
-        forward_batch,
-        decode_threads,
-        max_delay_ms,
-        threads,
-        name,
-        optimize,
-        log_level,
-    )
-    raise typer.Exit(code)
-
-
-@handle_errors
-def _worker(
-    model: str | None,
-    device: str | None,
-    max_batch: int | None,
-    forward_batch: int | None,
-    decode_threads: int | None,
-    max_delay_ms: int | None,
-    threads: int | None,
-    name: str | None,
-    optimize: str,
-    log_level: str,
-) -> int:
     import os
 
     from toolkit.queue.client import binary_client
@@ -159,11 +136,12 @@ def _worker(
     w = Worker(cfg, lambda: binary_client(s, "tk-worker"))
     w.install_signals()
     try:
-        return w.run()
+        code = w.run()
     except redis_errors() as exc:
         from toolkit.redis import connect
 
         raise connect.describe_connection_error(exc, connect.resolve_url(s, "tk-worker")) from None
+    raise typer.Exit(code)
 
 
 def redis_errors() -> tuple[type[Exception], ...]:
@@ -179,8 +157,10 @@ def redis_errors() -> tuple[type[Exception], ...]:
 
 @handle_errors
 def api(
-    host: Annotated[OptStr, typer.Option(help="Address to listen on. [default: 127.0.0.1]")] = None,
-    port: Annotated[OptInt, typer.Option(help="Port to listen on. [default: 8000]")] = None,
+    host: Annotated[
+        OptStr, typer.Option(help="Address to listen on. \\[default: 127.0.0.1]")
+    ] = None,
+    port: Annotated[OptInt, typer.Option(help="Port to listen on. \\[default: 8000]")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
 ) -> None:
     """Run the HTTP API (FastAPI on uvicorn): POST /predict, GET /result/{id}, /metrics.
@@ -215,9 +195,11 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
     url: Annotated[
         OptStr,
-        typer.Option(help="API URL. [default: the running stack's, else serve.host:serve.port]"),
+        typer.Option(help="API URL. \\[default: the running stack's, else serve.host:serve.port]"),
     ] = None,
-    top_k: Annotated[OptInt, typer.Option("--top-k", help="Labels per image. [default: 5]")] = None,
+    top_k: Annotated[
+        OptInt, typer.Option("--top-k", help="Labels per image. \\[default: 5]")
+    ] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each result.")] = 120.0,
 ) -> None:

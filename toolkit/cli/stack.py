@@ -61,7 +61,7 @@ def _ready_message(plan: Any) -> str:
 
 def up(
     workers: Annotated[
-        OptInt, typer.Option("--workers", "-w", help="Worker processes. [default: per machine]")
+        OptInt, typer.Option("--workers", "-w", help="Worker processes. \\[default: per machine]")
     ] = None,
     redis_url: Annotated[
         OptStr,
@@ -71,7 +71,7 @@ def up(
         ),
     ] = None,
     api_port: Annotated[
-        OptInt, typer.Option("--api-port", help="API port. [default: 8000]")
+        OptInt, typer.Option("--api-port", help="API port. \\[default: 8000]")
     ] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     dry_run: Annotated[
@@ -189,7 +189,7 @@ def _beat(name: str, beat: Any) -> str:
 
 
 def logs(
-    role: Annotated[OptStr, typer.Argument(help="api, worker or redis. [default: all]")] = None,
+    role: Annotated[OptStr, typer.Argument(help="api, worker or redis. \\[default: all]")] = None,
     follow: Annotated[
         bool,
         typer.Option(

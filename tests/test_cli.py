@@ -109,3 +109,10 @@ def test_status_says_where_a_worker_runs_once_it_is_not_a_cpu() -> None:
     assert _beat("worker-1", cpu) == "worker-1 (4 done, passes of 2)"
     gpu = {"completed": 9, "forward_batch": 16, "device": "cuda:0", "decode_threads": 8}
     assert _beat("worker-1", gpu) == "worker-1 (9 done, passes of 16, on cuda:0, 8 decode threads)"
+
+
+def test_status_tables_print_findings_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    from toolkit.cli._common import print_status_table
+
+    print_status_table(None, ("check", "status", "finding"), [("x", "warn", "[default: 4]")], 1)
+    assert "[default: 4]" in capsys.readouterr().out

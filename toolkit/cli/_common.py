@@ -63,7 +63,10 @@ STATUS_COLORS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
 def print_status_table(
     title: str | None, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]], status_col: int
 ) -> None:
-    """A Rich table whose ``status_col`` (ok/warn/fail/skip) is coloured, then the counts."""
+    """A Rich table whose ``status_col`` (ok/warn/fail/skip) is coloured, then the counts.
+
+    Cells are text, not Rich markup: a finding such as "[default: 4]" prints as written."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(*columns, title=title)
@@ -72,8 +75,8 @@ def print_status_table(
         status = row[status_col]
         counts[status] = counts.get(status, 0) + 1
         color = STATUS_COLORS.get(status, "")
-        cells = list(row)
-        cells[status_col] = f"[{color}]{status}[/{color}]" if color else status
+        cells = [escape(cell) for cell in row]
+        cells[status_col] = f"[{color}]{status}[/{color}]" if color else escape(status)
         table.add_row(*cells)
     con = console()
     con.print(table)

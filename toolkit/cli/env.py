@@ -189,15 +189,16 @@ def _finish_create(result: dict[str, Any], as_json: bool) -> None:
 
 
 def _print_checks(checks: list[Any], where: str) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     colors = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
-    table = Table(title=f"validate: {where}")
+    table = Table(title=escape(f"validate: {where}"))
     for col in ("check", "status", "detail"):
         table.add_column(col, overflow="fold")
     for c in checks:
         color = colors.get(c.status, "")
-        table.add_row(c.name, f"[{color}]{c.status}[/{color}]", c.message)
+        table.add_row(escape(c.name), f"[{color}]{c.status}[/{color}]", escape(c.message))
     console().print(table)
 
 

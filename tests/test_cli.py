@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -116,3 +117,22 @@ def test_status_tables_print_findings_as_written(capsys: pytest.CaptureFixture[s
 
     print_status_table(None, ("check", "status", "finding"), [("x", "warn", "[default: 4]")], 1)
     assert "[default: 4]" in capsys.readouterr().out
+
+
+def test_redis_status_reads_as_words_and_units() -> None:
+    from toolkit.cli.redis import status_lines
+
+    info = {"running": False, "pid": None, "rss_bytes": 13205504, "maxmemory": 0,
+            "aof_enabled": True, "reachable": False, "error": "connection refused"}  # fmt: skip
+    lines = dict(status_lines(info))
+    assert lines["running"] == "no" and lines["pid"] == "-" and lines["memory"] == "12.6 MiB"
+    assert lines["maxmemory"] == "none" and lines["aof"] == "on"
+    assert lines["error"] == "connection refused"
+
+
+def test_doctor_without_credentials_says_it_once(project: Path) -> None:
+    result = run_tk(project, "doctor", "--only", "redis", "--json")
+    finding = next(c for c in json.loads(result.output)["checks"] if c["id"] == "reachable")
+    assert finding["finding"].startswith("no Redis credentials in ")
+    assert finding["finding"].count("no Redis credentials") == 1
+    assert finding["fix"] == "run `tk redis harden` first, or set TK_REDIS_URL"

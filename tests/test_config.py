@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,16 +33,18 @@ def test_relative_paths_are_under_the_project(project: Path) -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        ("redis:\n  port: lots\n", "whole number"),
+        ("redis:\n  port: lots\n", r"^redis.port in .*tk.yaml must be a whole number"),
         ("redis:\n  port: 70000\n", "between 0 and 65535"),
-        ("redis:\n  prot: 1\n", "unknown setting 'redis.prot'"),
+        ("redis:\n  prot: 1\n", "unknown setting 'redis.prot'; fix: did you mean 'redis.port'"),
+        ("redis: 5\n", "'redis' is a section and must hold settings, e.g. redis: {"),
         ("redis: [1\n", "line"),
     ],
 )
 def test_bad_tk_yaml_names_the_problem(project: Path, yaml_text: str, message: str) -> None:
     (project / "tk.yaml").write_text(yaml_text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as err:
         Settings.resolve(flags={"project_dir": project}, environ={})
+    assert re.search(message, err.value.one_line()), err.value.one_line()
 
 
 def test_config_show_masks_secrets(project: Path) -> None:

@@ -314,7 +314,13 @@ class Settings:
             else:
                 values[spec.name], sources[spec.name] = defaults[spec.name], "default"
                 continue
-            value = spec.parse(raw, spec.env if src.startswith("env") else spec.name)
+            if src == "flag":
+                label = spec.yaml_key or spec.name
+            elif src.startswith("env"):
+                label = spec.env
+            else:
+                label = f"{spec.yaml_key} in {project_dir / CONFIG_FILE}"
+            value = spec.parse(raw, label)
             if isinstance(value, Path) and not value.is_absolute():
                 value = project_dir / value
             values[spec.name], sources[spec.name] = value, src
@@ -327,7 +333,7 @@ class Settings:
         parsed: dict[str, Any] = {}
         for name, raw in given.items():
             spec = SPEC_BY_NAME[name]
-            parsed[name] = raw if _already_typed(raw) else spec.parse(raw, name)
+            parsed[name] = raw if _already_typed(raw) else spec.parse(raw, spec.yaml_key or name)
             sources[name] = "flag"
         return dataclasses.replace(self, **parsed, sources=sources)
 
@@ -364,8 +370,25 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     known = {s.yaml_key for s in SPECS if s.yaml_key}
     unknown = sorted(set(flat) - known)
     if unknown:
-        raise ConfigError(
-            f"{path}: unknown setting {unknown[0]!r}",
-            fix=f"known settings: {', '.join(sorted(known))}",
-        )
+        raise _unknown_setting(path, unknown[0], known)
     return flat
+
+
+def _unknown_setting(path: Path, key: str, known: set[str]) -> ConfigError:
+    """The error for a tk.yaml key tk does not know: a section given a plain value, a
+    near miss (did you mean), or neither."""
+    import difflib
+
+    inside = sorted(k for k in known if k.startswith(key + "."))
+    if inside:
+        example = inside[0].split(".")[-1]
+        return ConfigError(
+            f"{path}: {key!r} is a section and must hold settings, e.g. {key}: {{{example}: ...}}",
+            fix=f"settings under {key}: {', '.join(k.split('.', 1)[1] for k in inside)}",
+        )
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ConfigError(
+        f"{path}: unknown setting {key!r}",
+        fix=f"{hint}`tk config show` lists every setting with its tk.yaml key",
+    )

@@ -161,9 +161,10 @@ class Stack:
         files = {"file": ("img", data, ctype)}
         return httpx.post(self.url + "/predict", files=files, timeout=30, **kw)
 
-    def submit(self, *paths: str) -> subprocess.CompletedProcess[str]:
-        """`tk submit PATHS --wait --json` as a user runs it, against this stack."""
-        argv = [sys.executable, "-m", "toolkit", "submit", *paths, "--wait", "--json"]
+    def submit(self, *paths: str, as_json: bool = True) -> subprocess.CompletedProcess[str]:
+        """`tk submit PATHS --wait [--json]` as a user runs it, against this stack."""
+        argv = [sys.executable, "-m", "toolkit", "submit", *paths, "--wait"]
+        argv += ["--json"] if as_json else []
         return subprocess.run([*argv, "--url", self.url], capture_output=True, text=True,
                               timeout=120, env=self.env)  # fmt: skip
 

@@ -49,8 +49,12 @@ def test_real_photos_get_the_right_labels(make: Callable[..., Stack]) -> None:
     assert ok["status"] == "completed"
     proc = stack.submit(images[1], "--top-k", "2")  # the raw body's ?top_k=
     assert [len(json.loads(line)["top_k"]) for line in proc.stdout.splitlines()] == [2]
+    proc = stack.submit(images[0], "--top-k", "4", as_json=False)  # a human asks for 4 labels
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{images[0]}: completed (task ")
+    labels = proc.stdout.split("): ", 1)[1].split(", ")
+    assert len(labels) == 4 and "cat" in labels[0], proc.stdout
 
-    # JSON with base64 bytes works too, and a human-readable submit prints labels
+    # JSON with base64 bytes works too
     import base64
 
     body = {"image_b64": base64.b64encode(jpeg("coffee.png")).decode(), "top_k": 2}
@@ -74,7 +78,7 @@ def test_real_photos_get_the_right_labels(make: Callable[..., Stack]) -> None:
     assert httpx.get(f"{stack.url}/result/{done_id}", params={"wait": "2.5"}).status_code == 200
 
     metrics = httpx.get(stack.url + "/metrics").text
-    assert 'tk_tasks_total{outcome="completed"} 6' in metrics
+    assert 'tk_tasks_total{outcome="completed"} 7' in metrics  # the 7 photos above that completed
     assert "tk_workers_live 2" in metrics and "tk_batch_size_bucket" in metrics
     assert httpx.get(stack.url + "/openapi.json").json()["paths"]["/predict"]
     # the API process never loads torch

@@ -51,6 +51,7 @@ def depth_cmd(as_json: JsonOpt = False) -> None:
     typer.echo(f"dead      {d.dead}")
     typer.echo(f"workers   {len(d.live_workers)} live: {', '.join(d.live_workers) or '-'}")
     if d.consumers:
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title="consumers")
@@ -58,7 +59,10 @@ def depth_cmd(as_json: JsonOpt = False) -> None:
             table.add_column(col)
         for c in d.consumers:
             table.add_row(
-                c.name, str(c.pending), _age(c.idle_ms / 1000), "live" if c.alive else "none"
+                escape(c.name),
+                str(c.pending),
+                _age(c.idle_ms / 1000),
+                "live" if c.alive else "none",
             )
         console().print(table)
 
@@ -66,7 +70,7 @@ def depth_cmd(as_json: JsonOpt = False) -> None:
 @app.command("dlq")
 @handle_errors
 def dlq_cmd(
-    count: Annotated[int, typer.Option(help="How many entries, newest first.")] = 20,
+    count: Annotated[int, typer.Option(min=1, help="How many entries, newest first.")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """The dead-letter stream: tasks that exhausted max_deliveries, with the reason."""

@@ -104,7 +104,7 @@ def harden_cmd(
     if show_secrets:
         for user, pw in out["secrets"].items():
             typer.echo(f"  {user}: {pw}")
-    typer.echo("next: tk redis start   (then: tk redis audit --url)")
+    typer.echo("next: tk redis start   (then: tk redis audit)")
 
 
 @app.command("audit")
@@ -214,9 +214,44 @@ def status_cmd(
     if as_json:
         print_json(info)
     else:
-        for key, value in info.items():
+        for key, value in status_lines(info):
             typer.echo(f"{key:12} {value}")
     raise typer.Exit(0 if info["running"] and info.get("reachable") else 1)
+
+
+def status_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """`tk redis status` for a human: yes/no, sizes in units, "-" for what is not known."""
+    from toolkit.units import human_size
+
+    def size(key: str) -> str:
+        value = info.get(key)
+        return human_size(int(value)) if isinstance(value, int) and value > 0 else "-"
+
+    def yes_no(key: str) -> str:
+        return "-" if info.get(key) is None else ("yes" if info[key] else "no")
+
+    uptime = info.get("uptime_s")
+    lines = [
+        ("running", yes_no("running")),
+        ("pid", str(info.get("pid") or "-")),
+        ("binary", str(info.get("binary") or "-")),
+        ("version", str(info.get("version") or "-")),
+        ("port", str(info.get("port") or "-")),
+        ("conf", str(info.get("conf") or "-")),
+        ("uptime", "-" if uptime is None else f"{uptime:g} s"),
+        ("memory", size("rss_bytes")),
+        ("reachable", yes_no("reachable")),
+        (
+            "aof",
+            "-" if info.get("aof_enabled") is None else ("on" if info["aof_enabled"] else "off"),
+        ),
+        ("used_memory", size("used_memory")),
+        ("maxmemory", "none" if info.get("maxmemory") == 0 else size("maxmemory")),
+        ("keys", str(info.get("keys", "-"))),
+    ]
+    if info.get("error"):
+        lines.append(("error", str(info["error"])))
+    return lines
 
 
 @app.command("ping")

@@ -16,14 +16,20 @@ import typer
 from toolkit.cli._common import handle_errors
 from toolkit.cli.state import settings
 from toolkit.config import Settings
-from toolkit.errors import UsageError
+from toolkit.errors import TkError, UsageError
 
 OptStr = Optional[str]  # noqa: UP045 - typer needs Optional on 3.10
 OptInt = Optional[int]  # noqa: UP045
 OptFloat = Optional[float]  # noqa: UP045
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _logging(level: str) -> None:
+    """Log to stderr at ``level``; a level that is not one of LOG_LEVELS is a usage error."""
+    if level.lower() not in LOG_LEVELS:
+        raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
@@ -94,7 +100,7 @@ def worker(
     optimize: Annotated[
         str, typer.Option(help="trace (channels_last + jit trace + freeze) or eager.")
     ] = "trace",
-    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run an inference worker: load the model once, claim batches from Redis, store results.
 
@@ -160,8 +166,10 @@ def api(
     host: Annotated[
         OptStr, typer.Option(help="Address to listen on. \\[default: 127.0.0.1]")
     ] = None,
-    port: Annotated[OptInt, typer.Option(help="Port to listen on. \\[default: 8000]")] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    port: Annotated[
+        OptInt, typer.Option(min=1, max=65535, help="Port to listen on. \\[default: 8000]")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the HTTP API (FastAPI on uvicorn): POST /predict, GET /result/{id}, /metrics.
 
@@ -189,6 +197,7 @@ def api(
     serve(cfg, s.serve_host, s.serve_port, log_level=log_level.lower())
 
 
+@handle_errors
 def submit(
     images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the results.")] = False,
@@ -198,7 +207,7 @@ def submit(
         typer.Option(help="API URL. \\[default: the running stack's, else serve.host:serve.port]"),
     ] = None,
     top_k: Annotated[
-        OptInt, typer.Option("--top-k", help="Labels per image. \\[default: 5]")
+        OptInt, typer.Option("--top-k", help="Labels per image (1-20). \\[default: 5]")
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each result.")] = 120.0,
@@ -207,36 +216,39 @@ def submit(
 
     Exit 1 if any image failed (rejected, failed in the worker, or timed out).
     """
-    raise typer.Exit(_submit(images, wait, as_json, url, top_k, concurrency, timeout))
-
-
-@handle_errors
-def _submit(
-    images: list[Path],
-    wait: bool,
-    as_json: bool,
-    url: str | None,
-    top_k: int | None,
-    concurrency: int,
-    timeout: float,
-) -> int:
     import asyncio
 
+    from toolkit.queue import constants as C
     from toolkit.serve.client import submit_all
 
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if top_k is not None and not 1 <= top_k <= C.MAX_TOP_K:
+        raise UsageError(f"--top-k must be between 1 and {C.MAX_TOP_K}, got {top_k}")
+    if not timeout > 0:
+        raise UsageError(f"--timeout must be more than 0 seconds, got {timeout:g}")
     s = settings(serve_url=url)
     base = s.serve_url or _running_api(s) or f"http://{s.serve_host}:{s.serve_port}"
+    if not base.startswith(("http://", "https://")):
+        raise UsageError(
+            f"API URL {base!r} is not an http:// or https:// URL",
+            fix="e.g. --url http://127.0.0.1:8000",
+        )
     subs = asyncio.run(
         submit_all(base, list(images), wait, timeout, concurrency, read_token(s), top_k)
     )
+    if subs and all(sub.unreachable for sub in subs):
+        raise TkError(
+            f"cannot reach the API at {base} ({subs[0].unreachable})",
+            fix="start the stack with `tk up` (in this project, or name it with --project-dir), "
+            "or point at a running API with --url",
+        )
     for sub in subs:
         if as_json:
             typer.echo(json.dumps(sub.to_dict()))
         else:
             typer.echo(_human(sub))
-    return 0 if all(sub.ok for sub in subs) else 1
+    raise typer.Exit(0 if all(sub.ok for sub in subs) else 1)
 
 
 def _running_api(s: Settings) -> str | None:
@@ -253,7 +265,7 @@ def _human(sub: Any) -> str:
         head += f" (task {sub.id})"
     if sub.error:
         return f"{head}: {sub.error}"
-    preds = ", ".join(f"{p['label']} {p['score']:.2f} [{p['index']}]" for p in sub.top_k[:3])
+    preds = ", ".join(f"{p['label']} {p['score']:.2f} [{p['index']}]" for p in sub.top_k)
     return f"{head}: {preds}" if preds else head
 
 

@@ -98,8 +98,8 @@ def redis_reachable(ctx: Ctx) -> Outcome:
 
     try:
         url = connect.resolve_url(ctx.s, "tk-monitor")
-    except Exception as exc:
-        return fail(f"no Redis credentials: {exc}", "run `tk redis harden`, or set TK_REDIS_URL")
+    except TkError as exc:  # no credentials.json and no TK_REDIS_URL, or a bad URL
+        return fail(exc.message, exc.fix or "run `tk redis harden`, or set TK_REDIS_URL")
     try:
         t0 = time.perf_counter()
         ctx.monitor.ping()

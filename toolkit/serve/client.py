@@ -25,6 +25,8 @@ class Submission:
     model: str | None = None
     model_version: str | None = None
     seconds: float = 0.0
+    unreachable: str | None = None
+    """Why the API could not be reached at all (connection refused, unknown host, ...)."""
 
     @property
     def ok(self) -> bool:
@@ -107,7 +109,13 @@ async def _one(
         if wait and sub.status == "pending":
             sub.status, sub.error = "timeout", f"no result within {timeout:g} s"
     except Exception as exc:  # network errors: one line, this image only
-        sub.status, sub.error = "error", f"{type(exc).__name__}: {exc}"
+        import httpx
+
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.ConnectError):
+            sub.unreachable = reason
+            reason = f"cannot reach the API at {client.base_url}: {reason}"
+        sub.status, sub.error = "error", reason
     finally:
         sub.seconds = time.monotonic() - t0
     return sub

@@ -188,6 +188,8 @@ def test_remove_refuses_a_directory_that_is_not_an_env(env_project: EnvProject) 
     r = run_tk(env_project.root, "env", "remove", "photos", "--yes")
     assert r.exit_code == 1 and "refusing to delete it" in r.stderr
     assert (env_project.envs_dir / "photos").exists()
+    r = run_tk(env_project.root, "env", "remove", "nosuch", "--yes")
+    assert r.exit_code == 1 and r.stderr.startswith("tk: error: no environment at "), r.stderr
 
 
 def test_render_gives_plain_environment_yml(env_project: EnvProject) -> None:

@@ -32,7 +32,7 @@ FileOpt = Annotated[
     ),
 ]
 CudaOpt = Annotated[
-    OptStr, typer.Option("--cuda", help="Build for this CUDA version, e.g. 12.4.", metavar="X.Y")
+    OptStr, typer.Option("--cuda", help="The PyTorch CUDA variant, e.g. 12.4.", metavar="X.Y")
 ]
 CpuOpt = Annotated[bool, typer.Option("--cpu", help="Build the CPU-only variant.")]
 PrefixOpt = Annotated[OptPath, typer.Option("--prefix", "-p", help="Environment directory.")]

@@ -462,6 +462,8 @@ def _pip_installed(prefix: Path) -> list[str]:
 
 def remove(prefix: Path) -> None:
     """Delete an environment tk or conda built (it must hold conda-meta/)."""
+    if not prefix.exists():
+        raise EnvNotFound(f"no environment at {prefix}", fix="check the name with `tk env list`")
     if not (prefix / "conda-meta").is_dir():
         raise EnvNotFound(
             f"{prefix} is not an environment (no conda-meta/): refusing to delete it",

@@ -136,3 +136,16 @@ def test_doctor_without_credentials_says_it_once(project: Path) -> None:
     assert finding["finding"].startswith("no Redis credentials in ")
     assert finding["finding"].count("no Redis credentials") == 1
     assert finding["fix"] == "run `tk redis harden` first, or set TK_REDIS_URL"
+
+
+@pytest.mark.parametrize("args", [["queue", "depth"], ["queue", "dlq"], ["redis", "audit"]])
+def test_json_commands_report_errors_as_json_too(project: Path, args: list[str]) -> None:
+    from tests.helpers import free_port
+
+    env = {"TK_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
+    result = run_tk(project, *args, "--json", env=env)
+    assert result.exit_code == 1
+    err = json.loads(result.stdout)
+    assert err["error"].startswith("cannot reach Redis at redis://127.0.0.1:")
+    assert err["exit_code"] == 1 and "tk redis start" in err["fix"]
+    assert result.stderr.startswith("tk: error: cannot reach Redis")

@@ -55,6 +55,9 @@ def test_config_show_masks_secrets(project: Path) -> None:
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert rows["redis_url"]["value"] == "redis://tk-api:***@10.0.0.5:6379/0"
     assert rows["redis_url"]["source"] == "env TK_REDIS_URL"
+    # values keep their JSON types: a number, true/false, null for "not set"
+    assert rows["redis_port"]["value"] == 6379 and rows["serve_threads"]["value"] is None
+    assert rows["redis_durable"]["value"] is False
     assert "hunter2" not in repr(Settings.resolve(environ={"TK_REDIS_URL": url}))
 
 

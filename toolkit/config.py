@@ -266,6 +266,14 @@ class Settings:
             return mask_url(str(value))
         return str(value)
 
+    def json_value(self, name: str) -> Any:
+        """The value for ``--json``: its type kept (a number, true/false, null), paths as
+        strings, secrets masked."""
+        value = getattr(self, name)
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        return self.display(name)
+
     # directories derived from state_dir
     @property
     def run_dir(self) -> Path:

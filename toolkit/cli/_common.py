@@ -22,13 +22,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def handle_errors(func: F) -> F:
-    """Turn a TkError raised by library code into one printed line and its exit code."""
+    """Turn a TkError raised by library code into one printed line and its exit code; a
+    command run with ``--json`` also prints it on stdout as ``{"error", "fix", "exit_code"}``
+    (as conda does), so a script reading stdout gets JSON either way."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except TkError as exc:
+            if kwargs.get("as_json") is True:
+                print_json({"error": exc.message, "fix": exc.fix, "exit_code": exc.exit_code})
             fail(exc.one_line(), exc.exit_code)
         except KeyboardInterrupt:
             typer.echo("tk: interrupted", err=True)

@@ -29,7 +29,9 @@ def show(
         for spec in SPECS
     ]  # fmt: skip
     if as_json:
-        print_json(rows)
+        print_json(
+            [dict(r, value=s.json_value(spec.name)) for r, spec in zip(rows, SPECS, strict=True)]
+        )
         return
     from rich.table import Table
 

@@ -136,7 +136,12 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("serve_max_delay_ms", "serve.max_delay_ms", _int_parser(0, 10000), "wait to fill a batch"),
     Spec("serve_threads", "serve.threads", _opt(_int_parser(1, 1024)), "torch threads per worker"),
-    Spec("serve_workers", "serve.workers", _int_parser(1, 1024), "workers on this host"),
+    Spec(
+        "serve_workers",
+        "serve.workers",
+        _int_parser(1, 1024),
+        "workers `tk up` starts on this host",
+    ),
     Spec("serve_host", "serve.host", _parse_str, "address the API listens on"),
     Spec("serve_port", "serve.port", _int_parser(0, 65535), "port the API listens on"),
     Spec("serve_url", "serve.url", _opt(_parse_str), "API URL for tk submit"),

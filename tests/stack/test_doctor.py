@@ -199,3 +199,17 @@ def test_disk_is_judged_against_what_redis_can_need(bare: Settings) -> None:
     assert checks["host.disk"]["status"] == "ok", checks["host.disk"]
     assert "2 x maxmemory is 128.0 MiB" in checks["host.disk"]["finding"]
     admin.close()
+
+
+def test_a_selection_that_contradicts_itself_or_leaves_nothing_is_refused(project: Path) -> None:
+    both = run_tk(project, "doctor", "--only", "api", "--skip", "api")
+    assert both.exit_code == 2
+    assert "tk: error: group 'api' is both in --only and in --skip" in both.output
+    assert "exit 0" not in both.output  # no (empty) table
+    every = [
+        arg for g in ("host", "env", "redis", "queue", "workers", "api") for arg in ("--skip", g)
+    ]
+    nothing = run_tk(project, "doctor", "--json", *every)
+    assert nothing.exit_code == 2 and "--skip leaves no check to run" in nothing.output
+    unknown = run_tk(project, "doctor", "--only", "nope", "--skip", "nope")
+    assert unknown.exit_code == 2 and "unknown check group 'nope'" in unknown.output

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.helpers import run_tk
 from toolkit.config import Settings
-from toolkit.stack.plan import Facts, build_plan, default_workers
+from toolkit.stack.plan import Facts, build_plan, default_workers, workers_warning
 
 GB = 1024**3
 
@@ -43,6 +43,16 @@ def test_plan_order_commands_and_no_secrets(project: Path) -> None:
     assert "CUDA_VISIBLE_DEVICES" not in workers[0].env
 
 
+def test_serve_workers_in_tk_yaml_sets_the_count(project: Path) -> None:
+    (project / "tk.yaml").write_text("serve:\n  workers: 3\n")
+    s = Settings.resolve(flags={"project_dir": project}, environ={})
+    plan = build_plan(s, _facts())
+    assert plan.workers == 3 and "serve.workers (tk.yaml serve.workers)" in plan.workers_reason
+    assert plan.warnings == ("serve.workers 3 is more than the 2 CPU cores: they will "
+                             "compete for the cores",)  # fmt: skip
+    assert build_plan(s, _facts(), workers=1).workers == 1  # the flag wins
+
+
 def test_one_gpu_per_worker(project: Path) -> None:
     s = Settings.resolve(flags={"project_dir": project}, environ={})
     plan = build_plan(s, _facts(gpu_count=2, cpu_count=16))
@@ -73,4 +83,20 @@ def test_dry_run_prints_the_plan_and_starts_nothing(project: Path) -> None:
 def test_bad_worker_count(project: Path) -> None:
     result = run_tk(project, "up", "--workers", "0")
     assert result.exit_code == 2
-    assert "--workers must be at least 1" in result.output
+    assert "--workers must be between 1 and 1024, got 0" in result.output
+
+
+def test_more_workers_than_fit_is_a_one_line_warning(project: Path) -> None:
+    assert workers_warning(_facts(cpu_count=4, mem_available=20 * GB), 4) is None
+    cpu = workers_warning(_facts(cpu_count=2, mem_available=20 * GB), 3)
+    assert cpu == "--workers 3 is more than the 2 CPU cores: they will compete for the cores"
+    mem = workers_warning(_facts(cpu_count=64, mem_available=20 * GB), 20)
+    assert mem is not None and mem.startswith(
+        "--workers 20 is more than the 17 that fit in available memory (20.0 GiB, about "
+    )
+    both = workers_warning(_facts(cpu_count=2, mem_available=3 * GB), 5)
+    assert both is not None and "\n" not in both
+    assert "the 2 CPU cores and the 2 that fit in available memory" in both
+    s = Settings.resolve(flags={"project_dir": project}, environ={})
+    assert build_plan(s, _facts(cpu_count=2), workers=3).warnings == (cpu,)
+    assert build_plan(s, _facts(cpu_count=1)).warnings == ()  # the default never warns

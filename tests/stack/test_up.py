@@ -46,6 +46,7 @@ def stack(tmp_path: Path) -> Iterator[Path]:
     result = run_tk(project, "up", "--detach", "--workers", "2")
     assert result.exit_code == 0, result.output
     try:
+        _check_ready_hints(result.output, project)
         yield project
     finally:
         info = _status(project)
@@ -54,6 +55,22 @@ def stack(tmp_path: Path) -> Iterator[Path]:
         for pid in seen - {0}:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _check_ready_hints(output: str, project: Path) -> None:
+    """A detached stack says how to stop it (not Ctrl-C), with a command that runs from here."""
+    import shlex
+    import shutil
+
+    assert "Ctrl-C" not in output
+    stop = output.strip().splitlines()[-1]
+    assert stop.startswith("stop: `") and stop.endswith(" down`"), stop
+    cmd = shlex.split(stop.removeprefix("stop: ").strip("`"))
+    assert shutil.which(cmd[0]) is not None, cmd  # `tk` on PATH, or a path to it
+    if "-C" in cmd:  # the project, when it is not the current directory
+        assert Path(cmd[cmd.index("-C") + 1]).resolve() == project.resolve()
+    submit = next(line for line in output.splitlines() if " submit " in line)
+    assert submit.strip().startswith(" ".join(shlex.quote(c) for c in cmd[:-1]) + " submit")
 
 
 def _api(project: Path) -> str:
@@ -184,11 +201,15 @@ def test_refusals_start_nothing(tmp_path: Path) -> None:
     assert not (project / ".tk/run/redis.pid").exists()
 
     conf = project / "tk.yaml"
+    good = conf.read_text()
     model = "torchvision:resnet50=/nonexistent/resnet50.pth"
-    conf.write_text(conf.read_text().replace("serve:\n", f"serve:\n  model: {model}\n"))
+    conf.write_text(good.replace("serve:\n", f"serve:\n  model: {model}\n"))
     missing = run_tk(project, "up", "--detach")
     assert missing.exit_code == 2
     assert "model file /nonexistent/resnet50.pth does not exist" in missing.output
+    dry = run_tk(project, "up", "--dry-run")  # refused by the plan alone, too
+    assert dry.exit_code == 2 and "does not exist" in dry.output
+    conf.write_text(good)
 
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where .tk should be a directory")

@@ -40,21 +40,24 @@ def _print_plan(plan: Any) -> None:
     typer.echo(f"api:     {plan.api_url}")
 
 
-def _ready_message(plan: Any) -> str:
+def _ready_message(plan: Any, s: Settings, detached: bool) -> str:
+    from toolkit.stack.hints import tk, tk_command
+
     url = plan.api_url
+    stop = tk(s, "down") if detached else f"Ctrl-C here (or {tk(s, 'down')} from another terminal)"
     return "\n".join(
         [
             f"stack ready: api {url}, {plan.workers} worker{'s' if plan.workers != 1 else ''}, "
             + (f"redis on port {plan.redis_port}" if plan.redis_port else "external redis"),
             f"logs: {plan.log_dir}   state: {plan.run_dir / 'stack.json'}",
             "try:",
-            "  tk submit path/to/photo.jpg --wait",
+            f"  {tk_command(s)} submit path/to/photo.jpg --wait",
             f"  curl -s -F file=@path/to/photo.jpg {url}/predict   # -> task id",
             f"  curl -s '{url}/result/<task id>?wait=10'",
             f"  curl -s -F file=@path/to/photo.jpg '{url}/predict?wait=10'   # -> result",
             f"  curl -s --data-binary @path/to/photo.jpg -H 'content-type: image/jpeg' "
             f"'{url}/predict?wait=10'   # the same, cheapest for the API",
-            "stop: Ctrl-C here, or `tk down` for a detached stack",
+            f"stop: {stop}",
         ]
     )
 
@@ -96,14 +99,23 @@ def _up(workers: int | None, redis_url: str | None, api_port: int | None, detach
     from toolkit.cli.redis import urlsplit_password
     from toolkit.errors import UsageError
     from toolkit.stack import control
+    from toolkit.stack.hints import tk
     from toolkit.stack.supervisor import Supervisor
 
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
+    control.check_flags(workers, api_port)
+    s = settings(redis_url=redis_url, serve_port=api_port)
+    if as_json and not dry_run:
+        raise UsageError(
+            "--json needs --dry-run",
+            fix=f"{tk(s, 'up --dry-run --json')} prints the plan as JSON; "
+            f"{tk(s, 'status --json')} describes a running stack",
+        )
     if redis_url and urlsplit_password(redis_url):
         warn("a password on the command line shows up in `ps`; use TK_REDIS_PASSWORD")
-    s = settings(redis_url=redis_url, serve_port=api_port)
     plan = _plan(s, workers)
+    control.validate(s, plan)
+    for w in plan.warnings:
+        warn(w)
     if dry_run:
         print_json(plan.to_dict()) if as_json else _print_plan(plan)
         return
@@ -118,7 +130,7 @@ def _up(workers: int | None, redis_url: str | None, api_port: int | None, detach
     if detach and not supervise:
         data = control.launch_detached(s, control.supervisor_argv(s, workers))
         typer.echo(f"supervisor pid {data['supervisor_pid']} (detached)")
-        typer.echo(_ready_message(plan))
+        typer.echo(_ready_message(plan, s, detached=True))
         return
     typer.echo(f"workers run in {plan.worker_python} ({plan.python_reason})")
 
@@ -126,7 +138,7 @@ def _up(workers: int | None, redis_url: str | None, api_port: int | None, detach
         typer.echo(f"{time.strftime('%H:%M:%S')} tk up: {message}", err=supervise)
 
     sup = Supervisor(s, plan, stamp)
-    code = sup.run(on_ready=lambda: typer.echo(_ready_message(plan)))
+    code = sup.run(on_ready=lambda: typer.echo(_ready_message(plan, s, detached=supervise)))
     if code:
         raise typer.Exit(code)
 
@@ -145,14 +157,16 @@ def status(
 ) -> None:
     """Processes (role, pid, uptime, restarts, memory), queue figures and worker heartbeats."""
     from toolkit.stack import control
+    from toolkit.stack.hints import tk
     from toolkit.units import human_size
 
-    info = control.status(settings())
+    s = settings()
+    info = control.status(s)
     if as_json:
         print_json(info)
         raise typer.Exit(0 if info["running"] else 1)
     if not info.get("procs"):
-        typer.echo("no stack running here (start one with `tk up`)")
+        typer.echo(f"no stack running here (start one with {tk(s, 'up')})")
         raise typer.Exit(1)
     from rich.table import Table
 
@@ -188,8 +202,17 @@ def _beat(name: str, beat: Any) -> str:
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
+LOG_ROLES = (*ROLES, "tk-up")
+
+
 def logs(
-    role: Annotated[OptStr, typer.Argument(help="api, worker or redis. \\[default: all]")] = None,
+    role: Annotated[
+        OptStr,
+        typer.Argument(
+            help="api, worker, redis, or tk-up (the supervisor's own log: starts, restarts, "
+            "why it stopped). \\[default: all]"
+        ),
+    ] = None,
     follow: Annotated[
         bool,
         typer.Option(
@@ -198,21 +221,28 @@ def logs(
     ] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines of history.")] = 40,
 ) -> None:
-    """Print the stack's logs (from .tk/logs), optionally following them."""
+    """Print the stack's logs (from .tk/logs), optionally following them.
+
+    Exit 1 when there are no logs yet (and no --follow).
+    """
     _logs(role, follow, lines)
 
 
 @handle_errors
 def _logs(role: str | None, follow: bool, lines: int) -> None:
-    from toolkit.errors import UsageError
+    from toolkit.errors import TkError, UsageError
+    from toolkit.stack.hints import tk
     from toolkit.stack.logtail import LogFollower, role_of
 
-    if role is not None and role not in ROLES:
-        raise UsageError(f"unknown role {role!r}", fix=f"use one of: {', '.join(ROLES)}")
+    if role is not None and role not in LOG_ROLES:
+        raise UsageError(f"unknown role {role!r}", fix=f"use one of: {', '.join(LOG_ROLES)}")
+    if lines < 0:
+        raise UsageError(f"--lines must be 0 or more, got {lines}")
     s = settings()
     tail = LogFollower(s.log_dir, lambda p: role is None or role_of(p.name) == role)
     if not tail.current() and not follow:
-        raise UsageError(f"no logs in {s.log_dir}", fix="start the stack with `tk up`")
+        what = f"no {role} logs" if role else "no logs"
+        raise TkError(f"{what} in {s.log_dir}", fix=f"start the stack with {tk(s, 'up')}")
     for name, line in tail.history(lines):
         typer.echo(f"{name:9} | {line}")
     while follow:  # like `tail -F`: files that appear, are truncated or replaced are followed
@@ -240,6 +270,7 @@ def doctor(
 def _doctor(as_json: bool, strict: bool, only: list[str], skip: list[str]) -> None:
     from toolkit.health import doctor as doc
 
+    _check_selection(only, skip)
     report = doc.run(settings(), only, skip)
     code = report.exit_code(strict)
     if as_json:
@@ -249,6 +280,24 @@ def _doctor(as_json: bool, strict: bool, only: list[str], skip: list[str]) -> No
     print_status_table(None, ("group", "check", "status", "finding", "fix"), rows, 2)
     typer.echo(f"exit {code}" + (" (--strict: warnings count)" if strict else ""))
     raise typer.Exit(code)
+
+
+def _check_selection(only: list[str], skip: list[str]) -> None:
+    """--only and --skip that contradict each other, or leave no check to run: a usage error
+    (an unknown group is the checks' own error, raised when they are selected)."""
+    from toolkit.errors import UsageError
+    from toolkit.health.model import GROUPS
+
+    if (set(only) | set(skip)) - set(GROUPS):
+        return
+    both = [g for g in GROUPS if g in only and g in skip]
+    if both:
+        raise UsageError(
+            f"group {both[0]!r} is both in --only and in --skip",
+            fix="name a group in one of them",
+        )
+    if not [g for g in GROUPS if (not only or g in only) and g not in skip]:
+        raise UsageError("--skip leaves no check to run", fix=f"groups are: {', '.join(GROUPS)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolkit.config import Settings
+from toolkit.config import SPEC_BY_NAME, Settings
 from toolkit.errors import FileWriteError, PortInUse, TkError, UsageError
 from toolkit.fsutil import ensure_dir
 from toolkit.procs import alive, same_process, spawn_detached, terminate
 from toolkit.stack import state
+from toolkit.stack.hints import tk
 from toolkit.stack.plan import StackPlan
 
 
@@ -52,9 +53,48 @@ def _ours(pid: int) -> bool:
     return "toolkit" in cmd or "redis" in cmd or "valkey" in cmd
 
 
+def check_flags(workers: int | None, api_port: int | None) -> None:
+    """`tk up`'s own flags: --workers within the bounds tk.yaml's serve.workers has (1-1024),
+    --api-port a port one can listen on (1-65535)."""
+    if workers is not None:
+        SPEC_BY_NAME["serve_workers"].parse(workers, "--workers")
+    if api_port is not None and not 1 <= api_port <= 65535:
+        raise UsageError(
+            f"--api-port must be between 1 and 65535 for `tk up`, got {api_port}",
+            fix="pick a free port, e.g. --api-port 8000",
+        )
+
+
+def validate(s: Settings, plan: StackPlan) -> None:
+    """What the real run would refuse, checked without touching anything (so that
+    `tk up --dry-run` refuses it too): ports, the Redis URL, the model."""
+    _check_port(s, "serve_port", s.serve_port)
+    if plan.redis_port is not None:
+        _check_port(s, "redis_port", plan.redis_port)
+    if s.redis_url:  # the message a worker would die with, before anything starts
+        from toolkit.redis.connect import resolve_url
+
+        resolve_url(s, "tk-worker")
+    _check_model(s)
+
+
+def _check_port(s: Settings, name: str, port: int) -> None:
+    if 1 <= port <= 65535:
+        return
+    src = s.source(name)
+    if name == "serve_port":
+        where, fix = "--api-port", "pick a free port, e.g. --api-port 8000"
+    else:
+        where = "the Redis port"
+        fix = f"pick a free port with {tk(s, 'redis harden --port N')}"
+    if src != "flag":
+        where += f" ({src.removeprefix('env ')})" if src != "default" else ""
+    raise UsageError(f"{where} must be between 1 and 65535 for `tk up`, got {port}", fix=fix)
+
+
 def preflight(s: Settings, plan: StackPlan) -> list[str]:
     """Everything that can be refused before anything starts. Returns notes for the user."""
-    from toolkit.redis.server import port_in_use, port_owner
+    from toolkit.redis.server import port_in_use
 
     notes: list[str] = []
     data = state.running(s.run_dir)
@@ -62,7 +102,7 @@ def preflight(s: Settings, plan: StackPlan) -> list[str]:
         raise AlreadyRunning(
             f"the stack is already running (supervisor pid {data['supervisor_pid']}, "
             f"api {data.get('api_url')})",
-            fix="`tk status` to see it, `tk down` to stop it",
+            fix=f"{tk(s, 'status')} to see it, {tk(s, 'down')} to stop it",
         )
     for d in (s.state_dir, s.run_dir, s.log_dir, s.redis_data_dir):
         try:
@@ -72,18 +112,59 @@ def preflight(s: Settings, plan: StackPlan) -> list[str]:
     stale = clean_stale(s)
     if stale:
         notes.append(stale)
-    _check_model(s)
     ports = [("API", s.serve_port)]
     if plan.redis_port is not None:
         ports.insert(0, ("Redis", plan.redis_port))
     for what, port in ports:
         if port_in_use(port, "127.0.0.1" if what == "Redis" else s.serve_host):
-            flag = "--port (tk redis harden)" if what == "Redis" else "--api-port"
-            raise PortInUse(
-                f"{what} port {port} is already in use{port_owner(port)}",
-                fix=f"stop that process or pick another with {flag}",
-            )
+            raise _port_taken(s, what, port)
     return notes
+
+
+def _port_taken(s: Settings, what: str, port: int) -> PortInUse:
+    """The port is taken: by whom, and how to free it or pick another."""
+    from toolkit.redis.server import port_owner
+
+    if what == "API":
+        return PortInUse(
+            f"API port {port} is already in use{port_owner(port)}",
+            fix="stop that process or pick another with --api-port (or serve.port in tk.yaml)",
+        )
+    own = _managed_redis(s, port)
+    if own is not None:
+        return PortInUse(
+            f"Redis port {port} is already in use by this project's own Redis "
+            f"(pid {own}, started with `tk redis start`)",
+            fix=f"stop it with {tk(s, 'redis stop')}: `tk up` starts and stops Redis itself",
+        )
+    src = s.source("redis_port")
+    if src.startswith("env"):
+        other = f"set another TK_REDIS_PORT and run {tk(s, 'redis harden')}"
+    elif src != "default":
+        other = f"set another redis.port in tk.yaml and run {tk(s, 'redis harden')}"
+    else:
+        other = f"pick another with {tk(s, 'redis harden --port N')}"
+    return PortInUse(
+        f"Redis port {port} is already in use{port_owner(port)}",
+        fix=f"stop that process, or {other}",
+    )
+
+
+def _managed_redis(s: Settings, port: int) -> int | None:
+    """The pid of this project's `tk redis start` server when it is what holds ``port``."""
+    import psutil
+
+    from toolkit.redis.server import ServerPaths, read_pid
+
+    pid = read_pid(ServerPaths.from_settings(s).pidfile)
+    if pid is None:
+        return None
+    try:
+        conns = psutil.Process(pid).net_connections("tcp")
+    except psutil.Error:  # its sockets hidden from us: a reused pid cannot be ruled out
+        return None
+    listening = any(c.laddr and c.laddr.port == port and c.status == "LISTEN" for c in conns)
+    return pid if listening else None
 
 
 def _check_model(s: Settings) -> None:
@@ -93,7 +174,8 @@ def _check_model(s: Settings) -> None:
     if spec.path is not None and not spec.path.is_file():
         raise UsageError(
             f"model file {spec.path} does not exist",
-            fix="check --model / TK_SERVE_MODEL (e.g. torchvision:resnet50=/path/resnet50.pth)",
+            fix="check serve.model in tk.yaml / TK_SERVE_MODEL "
+            "(e.g. torchvision:resnet50=/path/resnet50.pth)",
         )
 
 
@@ -147,7 +229,7 @@ def _last_line(log: Path, mark: int) -> str:
 def down(s: Settings, timeout: float = 180.0) -> str:
     data = state.read(s.run_dir)
     if data is None:
-        raise NotRunning("no stack is running here", fix="start one with `tk up`")
+        raise NotRunning("no stack is running here", fix=f"start one with {tk(s, 'up')}")
     pid = data.get("supervisor_pid")
     if isinstance(pid, int) and state.running(s.run_dir) is not None:
         # the supervisor drains its children in order: api, workers, redis

@@ -65,27 +65,63 @@ class StackPlan:
     api_url: str
     log_dir: Path
     run_dir: Path
+    warnings: tuple[str, ...] = ()  # one line each, for the user; the plan is still run
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["procs"] = [p.to_dict() for p in self.procs]
+        d["warnings"] = list(self.warnings)
         for k in ("project_dir", "worker_python", "env_prefix", "log_dir", "run_dir"):
             d[k] = None if d[k] is None else str(d[k])
         return d
+
+
+def fit_in_memory(f: Facts) -> int:
+    """How many CPU workers with the default model fit in the available memory (at least 1)."""
+    return max(1, f.mem_available // WORKER_RSS_BUDGET)
 
 
 def default_workers(f: Facts) -> tuple[int, str]:
     """One per GPU; else one single-threaded worker per core, as memory allows (max 8)."""
     if f.gpu_count:
         return f.gpu_count, f"one per GPU ({f.gpu_count})"
-    by_mem = max(1, f.mem_available // WORKER_RSS_BUDGET)
+    by_mem = fit_in_memory(f)
     n = max(1, min(f.cpu_count, by_mem, MAX_DEFAULT_WORKERS))
     why = f"{f.cpu_count} CPU cores, {by_mem} fit in available memory"
     return n, f"one single-threaded worker per core ({why})"
 
 
+def workers_warning(f: Facts, n: int, what: str = "--workers") -> str | None:
+    """One line when ``n`` workers (asked for with ``what``) oversubscribe this machine."""
+    over: list[str] = []
+    risks: list[str] = []
+    if n > f.cpu_count:
+        over.append(f"the {f.cpu_count} CPU core{'s' if f.cpu_count != 1 else ''}")
+        risks.append("they will compete for the cores")
+    by_mem = fit_in_memory(f)
+    if n > by_mem:
+        from toolkit.units import human_size
+
+        over.append(
+            f"the {by_mem} that fit in available memory "
+            f"({human_size(f.mem_available)}, about {human_size(WORKER_RSS_BUDGET)} each)"
+        )
+        risks.append("expect swapping or workers killed for memory")
+    if not over:
+        return None
+    return f"{what} {n} is more than {' and '.join(over)}: {'; '.join(risks)}"
+
+
 def build_plan(s: Settings, f: Facts, workers: int | None = None) -> StackPlan:
-    n, why = (workers, "--workers") if workers else default_workers(f)
+    warning = None
+    if workers:
+        n, why = workers, "--workers"
+        warning = workers_warning(f, n)
+    elif s.source("serve_workers") != "default":  # serve.workers in tk.yaml, TK_SERVE_WORKERS
+        n, why = s.serve_workers, f"serve.workers ({s.source('serve_workers')})"
+        warning = workers_warning(f, n, "serve.workers")
+    else:
+        n, why = default_workers(f)
     base = ("-m", "toolkit", "-C", str(s.project_dir))
     common = {"TK_PROJECT_DIR": str(s.project_dir), "TK_SERVE_WORKERS": str(n)}
     procs: list[ProcSpec] = []
@@ -128,4 +164,5 @@ def build_plan(s: Settings, f: Facts, workers: int | None = None) -> StackPlan:
         api_url=f"http://{host}:{s.serve_port}",
         log_dir=s.log_dir,
         run_dir=s.run_dir,
+        warnings=(warning,) if warning else (),
     )

@@ -58,10 +58,11 @@ def worker_python(settings: Settings) -> WorkerPython:
         py = spec_prefix / "bin" / "python"
         if py.exists():
             return WorkerPython(py, spec_prefix, f"the inference environment {spec_prefix}")
-    where = f" ({spec_prefix} not built)" if spec_prefix is not None else ""
-    return WorkerPython(
-        Path(sys.executable), None, f"the current python{where}: `tk env create` builds one"
-    )
+    if spec_prefix is not None:
+        why = f"the current python: the inference environment {spec_prefix} is not built yet"
+    else:
+        why = "the current python: no inference environment is set up"
+    return WorkerPython(Path(sys.executable), None, f"{why}; `tk env create` builds it")
 
 
 _VERSION_RE = re.compile(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", re.M)

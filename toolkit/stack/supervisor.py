@@ -16,7 +16,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 from toolkit.config import Settings
@@ -51,6 +50,7 @@ class Child:
     deaths: int = 0  # in a row, without a stable run in between
     restart_at: float | None = None
     last_exit: int | None = None
+    log_mark: int = 0  # the log's size when this run of the child began: its output follows
 
 
 class Supervisor:
@@ -103,6 +103,8 @@ class Supervisor:
             env["TK_REDIS_URL"] = self.s.redis_url
         log: IO[bytes]
         with open(c.spec.log, "ab") as log:
+            # logs are appended to across runs: quote only what this run writes
+            c.log_mark = log.seek(0, os.SEEK_END)
             c.proc = subprocess.Popen(
                 list(c.spec.argv),
                 stdin=subprocess.DEVNULL,
@@ -123,10 +125,11 @@ class Supervisor:
                 raise StackError(f"stopped while starting {c.spec.name}: {self.stop_reason}")
             for other in self.children:
                 if other.proc is not None and other.proc.poll() is not None:
+                    said, fix = _tail(other)
                     raise StackError(
                         f"{other.spec.name} exited during start-up "
-                        f"(code {other.proc.returncode}): {_tail(other)}",
-                        fix=f"see {other.spec.log}",
+                        f"(code {other.proc.returncode}): {said}",
+                        fix=f"{fix}; log: {other.spec.log}" if fix else f"see {other.spec.log}",
                     )
             if self._is_ready(c):
                 return
@@ -183,9 +186,12 @@ class Supervisor:
                 c.deaths = 1 if now - c.started_mono >= STABLE_S else c.deaths + 1
                 if c.deaths >= CRASH_LIMIT:
                     self.failed = True
+                    said, fix = _tail(c)
                     self.stop_reason = (
                         f"{c.spec.name} died {c.deaths} times in a row "
-                        f"(last exit code {c.last_exit}): {_tail(c)}"
+                        f"(last exit code {c.last_exit}): {said}"
+                        + (f"; fix: {fix}" if fix else "")
+                        + f"; log: {c.spec.log}"
                     )
                     self.say(f"stopping the stack: {self.stop_reason}")
                     return
@@ -242,7 +248,7 @@ class Supervisor:
     # --- the whole run -------------------------------------------------------------------
     def run(self, on_ready: Callable[[], None] | None = None) -> int:
         """Start, supervise until a signal or a crash loop, drain. Returns the exit code."""
-        lock = _take_lock(self.s.run_dir)
+        lock = _take_lock(self.s)
 
         def handler(signum: int, _: Any) -> None:
             if self.stop_reason is None:
@@ -272,31 +278,60 @@ class Supervisor:
         return 1 if self.failed else 0
 
 
-def _take_lock(run_dir: Path) -> IO[str]:
+def _take_lock(s: Settings) -> IO[str]:
     """One supervisor per project: an exclusive lock held for the supervisor's life."""
     import fcntl
 
-    ensure_dir(run_dir)
-    fh = open(run_dir / LOCK_FILE, "w")  # noqa: SIM115 - held open until run() returns
+    from toolkit.stack.hints import tk
+
+    ensure_dir(s.run_dir)
+    fh = open(s.run_dir / LOCK_FILE, "w")  # noqa: SIM115 - held open until run() returns
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.close()
         raise StackError(
             "another `tk up` is already running for this project",
-            fix="`tk status` to see it, `tk down` to stop it",
+            fix=f"{tk(s, 'status')} to see it, {tk(s, 'down')} to stop it",
         ) from None
     return fh
 
 
-def _tail(c: Child, lines: int = 40) -> str:
-    """The most telling recent line of a child's log."""
+QUOTE_LIMIT = 2000
+"""A quoted log line longer than this is cut at a word boundary, with an ellipsis."""
+_ERROR_PREFIX = "tk: error: "
+_MARKERS = ("Error", "error", "FATAL", "Traceback", "Exception")
+
+
+def _tail(c: Child, lines: int = 200) -> tuple[str, str | None]:
+    """The most telling line this run of a child wrote (not an earlier run's: logs are
+    appended to), as (what it said, the fix it named or None).
+
+    tk's own one-line error (``tk: error: ...; fix: ...``) wins; else the newest line that
+    looks like an error; else the last line."""
     try:
-        text = c.spec.log.read_text(errors="replace").splitlines()[-lines:]
+        with open(c.spec.log, "rb") as fh:
+            fh.seek(c.log_mark)
+            text = fh.read().decode(errors="replace").splitlines()[-lines:]
     except OSError:
-        return "no log"
-    for marker in ("Error", "error", "FATAL", "Traceback"):
-        for line in reversed(text):
-            if marker in line:
-                return line.strip()[:300]
-    return text[-1].strip()[:300] if text else "no output"
+        return "no log", None
+    text = [line.strip() for line in text if line.strip()]
+    line = next((x for x in reversed(text) if x.startswith(_ERROR_PREFIX)), None)
+    if line is None:
+        line = next((x for x in reversed(text) if any(m in x for m in _MARKERS)), None)
+    if line is None:
+        return (clip(text[-1]), None) if text else ("no output", None)
+    said, sep, fix = line.removeprefix(_ERROR_PREFIX).rpartition("; fix: ")
+    if not sep:
+        return clip(fix), None
+    return clip(said), clip(fix)
+
+
+def clip(line: str, limit: int = QUOTE_LIMIT) -> str:
+    """``line`` whole, or cut at the last word boundary before ``limit`` with " ..."."""
+    if len(line) <= limit:
+        return line
+    cut = line[:limit]
+    if not line[limit].isspace() and " " in cut:
+        cut = cut.rsplit(" ", 1)[0]  # the word running past the limit goes whole
+    return cut.rstrip(" ,;:") + " ..."

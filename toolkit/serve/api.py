@@ -17,10 +17,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import json
 import logging
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from redis.exceptions import RedisError
 
+from toolkit.errors import PortInUse, TkError, UsageError
 from toolkit.queue import constants as C
 from toolkit.queue.protocol import (
     QueueConfig,
@@ -51,6 +54,17 @@ RECHECK_S = 1.0
 """A long-poll re-reads the result at least this often, even without a notification."""
 
 RETRY_AFTER_S = 2
+
+STOP_S = 3.0
+"""Shutdown waits at most this long for the done-stream reader, and as long again for the
+Redis clients to close: a start-up failure or a signal must end the process, whatever Redis
+is doing."""
+
+REPEAT_WARNING_S = 60.0
+"""The done-stream reader repeats an unchanged error in the log at most this often."""
+
+READ_RETRY_S = 1.0
+"""The done-stream reader tries again this long after a failed read."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,8 @@ class Notifier:
         self.stream = stream
         self.waiters: dict[str, set[Waiter]] = {}
         self.last_id = f"{now_ms() - 1000}-0"
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
 
     def register(self, task_id: str) -> Waiter:
         fut: Waiter = asyncio.get_running_loop().create_future()
@@ -137,20 +153,80 @@ class Notifier:
                 if not fut.done():
                     fut.set_result(None if body is None else bytes(body))
 
+    def start(self) -> None:
+        """Run the reader in a task of the running loop (``stop`` ends it)."""
+        self._stopping = False
+        self._task = asyncio.create_task(self.run(), name="tk-done-stream-reader")
+
+    async def stop(self, within: float | None = None) -> None:
+        """End the reader; wait for it at most ``within`` seconds (default STOP_S; a reader
+        still busy then is left to end at its next turn of the loop).
+
+        One ``cancel()`` is not enough: on Python < 3.12 ``asyncio.wait_for``, which
+        redis-py awaits while it sends a command (the connection handshake among them),
+        swallows a cancellation that lands as the awaited write completes (CPython
+        gh-86296), and the reader would then block in XREAD again, for ever. So the loop
+        also checks a flag, and the task is cancelled again until it is done."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        within = STOP_S if within is None else within
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not task.done():
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning(
+                    "done-stream reader did not stop within %g s; not waiting for it", within
+                )
+                return
+            task.cancel()
+            await asyncio.wait({task}, timeout=min(0.2, left))
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("done-stream reader ended with %r", task.exception())
+
     async def run(self) -> None:
-        while True:
+        failing = _Repeats()
+        while not self._stopping:
             try:
                 reply = await self.r.xread({self.stream: self.last_id}, block=2000, count=500)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("done-stream reader: %s", exc)
-                await asyncio.sleep(1.0)
+                failing.warn(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(READ_RETRY_S)
                 continue
+            failing.recovered()
             for _stream, entries in _entries(reply):
                 for entry_id, fields in entries:
                     self.last_id = _s(entry_id)
                     self.wake(fields)
+
+
+class _Repeats:
+    """The done-stream reader's failures in the log: the first, then only a changed error
+    or, while the same one goes on, one line a minute with the count since the last."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self.logged_at = 0.0
+        self.since = 0
+
+    def warn(self, text: str) -> None:
+        now = asyncio.get_running_loop().time()
+        same = text == self.text
+        if same and now - self.logged_at < REPEAT_WARNING_S:
+            self.since += 1
+            return
+        more = f" ({self.since} more failures since it was logged)" if same else ""
+        log.warning("done-stream reader: %s%s (retrying every %g s)", text, more, READ_RETRY_S)
+        self.text, self.logged_at, self.since = text, now, 0
+
+    def recovered(self) -> None:
+        if self.text is not None:
+            log.info("done-stream reader: Redis answers again")
+            self.text, self.since = None, 0
 
 
 def _s(v: Any) -> str:
@@ -488,15 +564,16 @@ def create_app(cfg: ApiConfig) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
-        task = asyncio.create_task(svc.notifier.run())
+        svc.notifier.start()
         try:
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await svc.r.aclose()
-            await svc.notifier.r.aclose()
+        finally:  # bounded: a shutdown that waits on Redis would hang the process
+            await svc.notifier.stop()
+            for client in (svc.r, svc.notifier.r):
+                try:
+                    await asyncio.wait_for(client.aclose(), STOP_S)  # never for ever
+                except Exception as exc:  # asyncio.TimeoutError among them
+                    log.warning("closing a Redis client: %s: %s", type(exc).__name__, exc)
 
     app = FastAPI(
         title="tk inference API",
@@ -641,12 +718,65 @@ def _ops_routes(app: FastAPI, svc: Service) -> None:
         return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise PortInUse (or another TkError naming the fix) unless uvicorn can listen on
+    ``host:port``; binds as asyncio's ``create_server`` does, then lets go."""
+    if port == 0:
+        return
+    where = f"{host}:{port}"
+    try:
+        addrs = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise UsageError(
+            f"cannot listen on {where}: {exc.strerror}",
+            fix="give --host an address of this machine (or serve.host in tk.yaml)",
+        ) from None
+    for family, kind, proto, _name, addr in addrs:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                raise _bind_error(exc, host, port) from None
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> TkError:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        from toolkit.redis.server import port_owner
+
+        return PortInUse(
+            f"API port {port} is already in use on {host}{port_owner(port)}",
+            fix="stop that process or pick another with --port (or serve.port in tk.yaml)",
+        )
+    if exc.errno == errno.EACCES:
+        return TkError(
+            f"cannot listen on {where}: permission denied",
+            fix="use a port above 1023 with --port (or serve.port in tk.yaml)",
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return UsageError(
+            f"cannot listen on {where}: {host} is not an address of this machine",
+            fix="give --host an address of this machine (or serve.host in tk.yaml)",
+        )
+    return TkError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
 def serve(cfg: ApiConfig, host: str, port: int, log_level: str = "warning") -> None:
-    """Run the API under uvicorn until SIGTERM/SIGINT."""
+    """Run the API under uvicorn until SIGTERM/SIGINT.
+
+    A port that is taken (or any other start-up failure) raises a TkError; it never leaves
+    the process hanging: the shutdown that follows a failed start-up is bounded (STOP_S).
+    """
     import uvicorn
 
+    check_port(host, port)
     app = create_app(cfg)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -654,6 +784,21 @@ def serve(cfg: ApiConfig, host: str, port: int, log_level: str = "warning") -> N
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # SIGINT, raised again by uvicorn once it has shut down
+        if server.started:
+            return  # as uvicorn.run: a clean stop
+        raise
+    except SystemExit:  # uvicorn's start-up failure, already logged (say a lost bind race)
+        if server.started:
+            raise
+    if not server.started:
+        raise TkError(
+            f"the API did not start on {host}:{port}; the lines above say why",
+            fix="free the port or pick another with --port (or serve.port in tk.yaml)",
+        )
 
 
-__all__ = ["ApiConfig", "create_app", "serve"]
+__all__ = ["ApiConfig", "check_port", "create_app", "serve"]

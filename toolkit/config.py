@@ -139,8 +139,8 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "serve_workers",
         "serve.workers",
-        _int_parser(1, 1024),
-        "workers `tk up` starts on this host",
+        _opt(_int_parser(1, 1024)),
+        "workers `tk up` starts on this host (unset: one per GPU, else per core as memory allows)",
     ),
     Spec("serve_host", "serve.host", _parse_str, "address the API listens on"),
     Spec("serve_port", "serve.port", _int_parser(0, 65535), "port the API listens on"),
@@ -188,7 +188,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "serve_decode_threads": 0,
         "serve_max_delay_ms": 5,
         "serve_threads": None,
-        "serve_workers": 1,
+        "serve_workers": None,
         "serve_host": "127.0.0.1",
         "serve_port": 8000,
         "serve_url": None,
@@ -234,7 +234,7 @@ class Settings:
     serve_decode_threads: int
     serve_max_delay_ms: int
     serve_threads: int | None
-    serve_workers: int
+    serve_workers: int | None
     serve_host: str
     serve_port: int
     serve_url: str | None

@@ -125,7 +125,7 @@ def worker(
         serve_threads=threads,
     )
     _logging(log_level)
-    n_threads = s.serve_threads or default_threads(s.serve_workers, os.cpu_count())
+    n_threads = s.serve_threads or default_threads(s.serve_workers or 1, os.cpu_count())
     cfg = WorkerConfig(
         consumer=name or default_consumer_name(),
         model=s.serve_model,

@@ -117,7 +117,7 @@ def build_plan(s: Settings, f: Facts, workers: int | None = None) -> StackPlan:
     if workers:
         n, why = workers, "--workers"
         warning = workers_warning(f, n)
-    elif s.source("serve_workers") != "default":  # serve.workers in tk.yaml, TK_SERVE_WORKERS
+    elif s.serve_workers is not None:  # serve.workers in tk.yaml, or TK_SERVE_WORKERS
         n, why = s.serve_workers, f"serve.workers ({s.source('serve_workers')})"
         warning = workers_warning(f, n, "serve.workers")
     else:

@@ -74,6 +74,7 @@ def test_depth_gate_never_admits_past_the_limit() -> None:
     token = gate.start_read()
     gate.record(1, token, now=10.0)
     assert gate.admit() and gate.admit()  # 2, 3
+    gate.settle(2)  # both in Redis
     assert not gate.admit()  # the estimate says full: read again before refusing
     assert gate.stale(10.2) and not gate.stale(10.05)
     # workers took two tasks meanwhile; one more was admitted while the read was in flight
@@ -82,6 +83,16 @@ def test_depth_gate_never_admits_past_the_limit() -> None:
     gate.record(1, token, now=10.3)
     assert gate.estimate == 2
     assert gate.admit() and not gate.admit()
+    # a task admitted before a read began, but still on its way to Redis when the read
+    # counted (group commit): the read misses it, the estimate must not
+    gate = DepthGate(limit=2)
+    gate.record(0, gate.start_read(), now=0.0)
+    assert gate.admit()  # admitted, enqueue not finished
+    gate.record(0, gate.start_read(), now=1.0)  # this read did not see it
+    assert gate.estimate == 1
+    gate.settle(1)
+    gate.record(1, gate.start_read(), now=2.0)  # now it is in Redis and counted once
+    assert gate.estimate == 1
 
 
 def test_threads_do_not_oversubscribe() -> None:

@@ -82,6 +82,10 @@ API_REDIS_CONNECTIONS = 64
 """Redis connections one API process opens at most; more commands in flight wait their turn
 (long-polls hold none: one shared reader serves them all)."""
 
+ENQUEUE_GROUP_MAX = 16
+"""Uploads the API queues in one transaction at most: the ones that arrive while the
+previous transaction is in flight go together (toolkit/serve/groupcommit.py)."""
+
 TOP_K = 5
 """Labels returned per image by default."""
 

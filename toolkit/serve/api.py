@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from toolkit.queue.protocol import (
 )
 from toolkit.serve import images, metrics
 from toolkit.serve.admission import DepthGate
+from toolkit.serve.groupcommit import GroupCommit
 
 log = logging.getLogger("tk.api")
 
@@ -255,6 +256,9 @@ class Service:
         self.notifier = Notifier(cfg.client_factory(), cfg.queue.done_stream)
         self.gate = DepthGate(cfg.max_depth)
         self._refresh: asyncio.Task[None] | None = None
+        self._enqueues: GroupCommit[tuple[str, dict[str, Any], str]] = GroupCommit(
+            self._commit_tasks, C.ENQUEUE_GROUP_MAX
+        )
 
     async def _counts(self) -> tuple[int, int, Any, int]:
         """One pipeline: stream length, pending (claimed, not acked) and the oldest pending
@@ -303,12 +307,22 @@ class Service:
     async def enqueue(self, image: bytes, top_k: int, task_id: str | None = None) -> str:
         await self.admit()
         tid, t = task_id or new_task_id(), now_ms()
-        q = self.cfg.queue
-        async with self.r.pipeline(transaction=True) as p:
-            p.set(result_key(tid), pending_marker(tid, t), ex=q.pending_ttl_s)
-            p.xadd(q.stream, task_fields(tid, image, top_k, t))
-            await p.execute()
+        await self._enqueues.submit(
+            (tid, task_fields(tid, image, top_k, t), pending_marker(tid, t))
+        )
         return tid
+
+    async def _commit_tasks(self, tasks: Sequence[tuple[str, dict[str, Any], str]]) -> None:
+        """One transaction for a group of uploads: each one's pending marker and entry."""
+        q = self.cfg.queue
+        try:
+            async with self.r.pipeline(transaction=True) as p:
+                for tid, fields, marker in tasks:
+                    p.set(result_key(tid), marker, ex=q.pending_ttl_s)
+                    p.xadd(q.stream, fields)
+                await p.execute()
+        finally:  # a depth read that starts from now on sees these (or they failed)
+            self.gate.settle(len(tasks))
 
     async def predict(self, image: bytes, top_k: int, wait: float) -> Reply:
         """Check and queue one image; with ``wait`` > 0 hold on until it is done: 200 and its

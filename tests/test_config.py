@@ -47,6 +47,15 @@ def test_bad_tk_yaml_names_the_problem(project: Path, yaml_text: str, message: s
     assert re.search(message, err.value.one_line()), err.value.one_line()
 
 
+def test_a_binary_tk_yaml_is_one_line_exit_2(project: Path) -> None:
+    (project / "tk.yaml").write_bytes(b"\xff\xfe\x00garbage\x80")
+    result = run_tk(project, "config", "show")
+    assert result.exit_code == 2
+    assert result.output.strip().startswith(
+        f"tk: error: {project.resolve() / 'tk.yaml'}: not a text file"
+    )
+
+
 def test_config_show_masks_secrets(project: Path) -> None:
     url = "redis://tk-api:hunter2hunter2@10.0.0.5:6379/0"
     result = run_tk(project, "config", "show", "--json", env={"TK_REDIS_URL": url})

@@ -367,6 +367,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}{where}: not valid YAML", fix="fix the file's syntax") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{path}: not a text file (UTF-8)",
+            fix=f"tk.yaml holds settings as YAML text; fix or remove {path}",
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     flat: dict[str, Any] = {}

@@ -38,7 +38,11 @@ class GroupCommit(Generic[T]):
         self._waiting.append((item, fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        await asyncio.shield(fut)  # a caller that goes away does not cancel the others' commit
+        try:
+            await asyncio.shield(fut)  # a caller that goes away does not cancel the others' commit
+        except asyncio.CancelledError:
+            fut.add_done_callback(_retrieve)  # its outcome is nobody's now: no "never retrieved"
+            raise
 
     async def _flush(self) -> None:
         try:
@@ -63,6 +67,11 @@ class GroupCommit(Generic[T]):
                 if not fut.done():
                     fut.set_exception(_gone(None))
             self._waiting = []
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _gone(exc: BaseException | None) -> Exception:

@@ -229,3 +229,17 @@ def test_a_failed_update_puts_the_previous_env_back(env_project: EnvProject) -> 
     env_project.spec.write_text(spec)
     r = run_tk(env_project.root, "env", "create", "--cpu")
     assert "nothing to do" in r.stdout
+
+
+def test_unknown_cuda_version_lists_the_known_ones(env_project: EnvProject) -> None:
+    r = run_tk(env_project.root, "env", "create", "--cuda", "9.9")
+    assert r.exit_code == 2
+    assert "unknown CUDA version 9.9: not supported" in r.stderr
+    assert "fix: use a known version: 11.0," in r.stderr and "12.4" in r.stderr
+    assert not env_project.prefix().exists() and not env_project.lock.exists()
+
+
+def test_unknown_engine_from_the_environment_names_it(env_project: EnvProject) -> None:
+    r = run_tk(env_project.root, "env", "create", "--cpu", env={"TK_ENV_ENGINE": "pip"})
+    assert r.exit_code == 2
+    assert "unknown engine 'pip' (from env TK_ENV_ENGINE)" in r.stderr

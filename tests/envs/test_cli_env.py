@@ -251,3 +251,139 @@ def test_editing_the_spec_keeps_locked_versions_that_still_fit(env_project: EnvP
     r = run_tk(env_project.root, "env", "create", "--cpu", "--locked")
     assert r.exit_code == 0, r.output
     assert records(env_project.prefix())["pytorch"]["version"] == "2.6.0"
+
+
+def _failing_validation(env_project: EnvProject) -> str:
+    """The spec with a validation command that fails in the built env; returns the original."""
+    spec = env_project.spec.read_text()
+    env_project.spec.write_text(spec.replace("test -f lib/pytorch/VERSION", "test -f nope"))
+    return spec
+
+
+def test_a_failed_validation_never_counts_as_a_good_env(env_project: EnvProject) -> None:
+    spec = _failing_validation(env_project)
+    r = run_tk(env_project.root, "env", "create", "--cpu")
+    assert r.exit_code == 1, r.output
+    assert "1 check failed; first: $ test -f nope" in r.stderr
+    assert "the next `tk env create` validates it again" in r.stderr
+    marker = json.loads((env_project.prefix() / "conda-meta/tk-env.json").read_text())
+    assert marker["validation"] == "failed"
+    listed = json.loads(run_tk(env_project.root, "env", "list", "--json").stdout)["envs"]
+    assert [(e["name"], e["status"]) for e in listed] == [("demo", "failed")]
+    assert "demo" in run_tk(env_project.root, "env", "list").stdout
+    # a CI retry stays red: same spec and lock, but the env is validated again
+    r = run_tk(env_project.root, "env", "create", "--cpu")
+    assert r.exit_code == 1, r.output
+    assert "nothing to do" not in r.stdout
+    assert "packages unchanged, but its last validation failed: validating again" in r.stdout
+    # --no-validate says so and leaves it marked failed
+    r = run_tk(env_project.root, "env", "create", "--cpu", "--no-validate")
+    assert r.exit_code == 0 and "its last validation failed" in r.stdout
+    # `tk env validate` names no fix pointing at itself, and records its result
+    r = run_tk(env_project.root, "env", "validate")
+    assert r.exit_code == 1 and "tk env validate" not in r.stderr, r.stderr
+    env_project.spec.write_text(spec)
+    r = run_tk(env_project.root, "env", "validate")
+    assert r.exit_code == 0, r.output
+    listed = json.loads(run_tk(env_project.root, "env", "list", "--json").stdout)["envs"]
+    assert [(e["name"], e["status"]) for e in listed] == [("demo", "ok")]
+    r = run_tk(env_project.root, "env", "create", "--cpu")
+    assert r.exit_code == 0 and "nothing to do" in r.stdout, r.output
+
+
+def test_validation_passing_on_retry_marks_the_env_ok(env_project: EnvProject) -> None:
+    _failing_validation(env_project)
+    text = env_project.spec.read_text().replace("test -f nope", "test -f ../marker")
+    env_project.spec.write_text(text)
+    assert run_tk(env_project.root, "env", "create", "--cpu").exit_code == 1
+    (env_project.envs_dir / "marker").write_text("")  # what the check wants now exists
+    r = run_tk(env_project.root, "env", "create", "--cpu")
+    assert r.exit_code == 0, r.output
+    assert "validating again" in r.stdout
+    marker = json.loads((env_project.prefix() / "conda-meta/tk-env.json").read_text())
+    assert marker["validation"] == "ok"
+
+
+def test_remove_without_a_terminal_needs_yes(env_project: EnvProject) -> None:
+    assert run_tk(env_project.root, "env", "create", "--cpu", "--no-validate").exit_code == 0
+    r = run_tk(env_project.root, "env", "remove", "demo")  # stdin is not a terminal here
+    assert r.exit_code == 2
+    assert "no terminal to ask for confirmation on; fix: pass --yes" in r.stderr
+    assert env_project.prefix().exists()
+
+
+def test_list_with_no_environments_says_so(env_project: EnvProject) -> None:
+    r = run_tk(env_project.root, "env", "list")
+    assert r.exit_code == 0
+    assert f"no environments in {env_project.envs_dir}" in r.stdout
+
+
+def test_a_corrupt_lock_is_solved_again_without_locked(env_project: EnvProject) -> None:
+    env_project.lock.write_text("version: 1\nvariants: [\n")
+    r = run_tk(env_project.root, "env", "create", "--cpu", "--locked")
+    assert r.exit_code == 2 and "lock file is not valid YAML" in r.stderr
+    r = run_tk(env_project.root, "env", "create", "--cpu", "--no-validate")
+    assert r.exit_code == 0, r.output
+    assert "lock file is not valid YAML: solving again; the lock will be overwritten" in r.stdout
+    assert "cpu" in yaml.safe_load(env_project.lock.read_text())["variants"]
+    env_project.lock.write_bytes(b"\xff\xfe\x00binary")
+    r = run_tk(env_project.root, "env", "lock", "--cpu")
+    assert r.exit_code == 0 and "not a text file (UTF-8): solving again" in r.stdout, r.output
+
+
+def test_a_lock_from_a_newer_tk_is_left_alone(env_project: EnvProject) -> None:
+    env_project.lock.write_text("version: 99\nvariants: {}\n")
+    r = run_tk(env_project.root, "env", "create", "--cpu")
+    assert r.exit_code == 2
+    assert "written by a newer tk (lock version 99, this tk reads 1)" in r.stderr
+    assert "fix: upgrade tk" in r.stderr
+    assert env_project.lock.read_text() == "version: 99\nvariants: {}\n"
+
+
+def test_diff_notes_a_spec_changed_since_the_lock(env_project: EnvProject) -> None:
+    assert run_tk(env_project.root, "env", "create", "--cpu", "--no-validate").exit_code == 0
+    env_project.spec.write_text(
+        env_project.spec.read_text().replace("  - pillow\n", "  - pillow\n  - psutil\n")
+    )
+    r = run_tk(env_project.root, "env", "diff")
+    assert r.exit_code == 0, r.output
+    assert "matches" in r.stdout
+    assert "note: the spec changed since the lock (+psutil)" in r.stdout
+    assert "`tk env create --locked` would refuse it" in r.stdout
+    out = json.loads(run_tk(env_project.root, "env", "diff", "--json").stdout)
+    assert out["spec_changed"] == "+psutil"
+
+
+def test_render_to_another_directory_rewrites_relative_pip_paths(
+    env_project: EnvProject, tmp_path: Path
+) -> None:
+    env_project.spec.write_text(
+        env_project.spec.read_text().replace(
+            "  - redis-py\n", "  - redis-py\n  - pip:\n      - -e ..\n      - ./pkg\n      - rich\n"
+        )
+    )
+    out = tmp_path / "elsewhere" / "deep" / "env.yml"
+    out.parent.mkdir(parents=True)
+    r = run_tk(env_project.root, "env", "render", "--cpu", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    pip = yaml.safe_load(out.read_text())["dependencies"][-1]["pip"]
+    root = env_project.root.resolve()
+    assert (out.parent / pip[0].split(" ", 1)[1]).resolve() == root
+    assert (out.parent / pip[1]).resolve() == root / "envs" / "pkg"
+    assert pip[2] == "rich"
+    r = run_tk(env_project.root, "env", "render", "--cpu")
+    assert r.exit_code == 0 and "pip paths are relative to" in r.stderr
+    assert "-e .." in r.stdout
+
+
+def test_a_missing_engine_names_where_the_setting_came_from(env_project: EnvProject) -> None:
+    env = {"PATH": str(env_project.bin_dir), "TK_ENV_ENGINE": "mamba"}
+    r = run_tk(env_project.root, "env", "create", "--cpu", env=env)
+    assert r.exit_code == 1
+    assert "TK_ENV_ENGINE=mamba (environment): `mamba` is not on PATH" in r.stderr
+    assert "--engine" not in r.stderr
+    (env_project.root / "tk.yaml").write_text("env:\n  engine: micromamba\n")
+    r = run_tk(env_project.root, "env", "create", "--cpu", env={"PATH": str(env_project.bin_dir)})
+    assert r.exit_code == 1
+    assert "env.engine: micromamba in tk.yaml: `micromamba` is not on PATH" in r.stderr
+    assert not env_project.prefix().exists()

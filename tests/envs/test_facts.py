@@ -43,10 +43,17 @@ def test_best_cuda_prefers_full_support_over_compatibility() -> None:
     assert facts.best_cuda_for_driver(prefs, "418.67") == (None, "too_old")
 
 
-@pytest.mark.parametrize("text", ["12", "12.4.1", "cuda12", "", "1.2"])
+@pytest.mark.parametrize("text", ["12", "12.4.1", "cuda12", ""])
 def test_bad_cuda_versions_are_usage_errors(text: str) -> None:
-    with pytest.raises(UsageError, match=r"12\.4"):
+    with pytest.raises(UsageError, match=r"must look like 12\.4"):
         facts.parse_cuda(text)
+
+
+@pytest.mark.parametrize("text", ["9.9", "1.2", "10.2", "12.123"])
+def test_unknown_cuda_versions_say_so_and_list_the_known_ones(text: str) -> None:
+    with pytest.raises(UsageError, match=rf"unknown CUDA version {text}: not supported") as exc:
+        facts.parse_cuda(text)
+    assert "11.8" in (exc.value.fix or "") and "12.4" in (exc.value.fix or "")
 
 
 def test_cuda_version_is_normalised() -> None:

@@ -70,8 +70,14 @@ def test_broken_lock_files(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="incomplete"):
         lock.read(p)
     p.write_text("version: 7\n")
-    with pytest.raises(SpecError, match="not a tk lock file"):
+    with pytest.raises(lock.LockTooNew, match=r"newer tk \(lock version 7, this tk reads 1\)"):
+        lock.read(p)
+    p.write_text("spec: x.yml\n")
+    with pytest.raises(lock.CorruptLock, match="not a tk lock file"):
         lock.read(p)
     p.write_text("version: [\n")
-    with pytest.raises(SpecError, match=":2: lock file is not valid YAML"):
+    with pytest.raises(lock.CorruptLock, match=":2: lock file is not valid YAML"):
+        lock.read(p)
+    p.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(lock.CorruptLock, match=r"not a text file \(UTF-8\)"):
         lock.read(p)

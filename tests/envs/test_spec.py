@@ -68,7 +68,7 @@ x-tk:
     assert any(line == 8 and "12.4" in msg for line, msg in got)  # 'twelve'
     assert (9, "unknown key 'variantz' in x-tk") in got
     assert any(line == 10 and "amiga-68k" in msg for line, msg in got)
-    assert (12, "validate.torch must be true or false") in got
+    assert (12, "validate.torch must be true or false, got the string 'maybe'") in got
 
 
 def test_load_raises_one_line_with_the_first_errors(tmp_path: Path) -> None:
@@ -111,6 +111,10 @@ def test_check_spec_cli(env_project: EnvProject, tmp_path: Path) -> None:
     ok = run_tk(env_project.root, "env", "check-spec")
     assert ok.exit_code == 0, ok.output
     assert "ok (0 warnings)" in ok.stdout
+    one = write(tmp_path, "name: x\ndependencies: [python=3.11]\nx-tk: {}\n")
+    one.write_text(one.read_text().replace("python=3.11", "python"))
+    r = run_tk(env_project.root, "env", "check-spec", str(one))
+    assert r.exit_code == 0 and "ok (1 warning)" in r.stdout, r.output
     bad = write(tmp_path, "name: x\ndependencies:\n  - python=3.11\n  - [a]\n")
     r = run_tk(env_project.root, "env", "check-spec", str(bad))
     assert r.exit_code == 2
@@ -126,3 +130,72 @@ def test_dep_names_and_versions() -> None:
     assert spec.pip_name("Typing_Extensions>=4") == "typing-extensions"
     assert spec.pip_name("-e ..") is None
     assert spec.pip_name("git+https://x/y.git") is None
+
+
+def test_invalid_package_specs_and_wrong_types_are_errors(tmp_path: Path) -> None:
+    text = """\
+name: x
+channels: [conda-forge]
+dependencies:
+  - python=3.11
+  - "pytorch >>= 2"
+  - "bad spec ### !!"
+  - 42
+  - pytorch=*=cpu*
+  - pip:
+      - 7
+x-tk:
+  variants:
+    cuda: {add: ["pytorch=*=cuda*", "cuda-version={cuda}", "pytorch-cuda >>{cuda}"]}
+  validate:
+    pip_check: "yes"
+    torch: no
+"""
+    report = spec.check(write(tmp_path, text))
+    got = {(p.line, p.message) for p in report.errors}
+    assert any(line == 5 and "invalid package spec 'pytorch >>= 2'" in m for line, m in got)
+    assert any(line == 6 and "invalid package spec 'bad spec ### !!'" in m for line, m in got)
+    assert (7, "dependencies: '42' is a number, not a package spec") in got
+    assert any(line == 10 and "'7' is a number, not a string" in m for line, m in got)
+    assert any(line == 13 and "'pytorch-cuda >>{cuda}'" in m for line, m in got)
+    assert (15, "validate.pip_check must be true or false, got the string 'yes'") in got
+    assert len(report.errors) == 6, report.errors  # pytorch=*=cpu*, torch: no are fine
+    assert report.spec is None
+
+
+def test_check_spec_cli_reports_bad_specs_with_lines(
+    env_project: EnvProject, tmp_path: Path
+) -> None:
+    bad = write(tmp_path, "name: x\ndependencies:\n  - python=3.11\n  - 'bad spec ### !!'\n")
+    r = run_tk(env_project.root, "env", "check-spec", str(bad))
+    assert r.exit_code == 2
+    assert f"error: {bad}:4: invalid package spec 'bad spec ### !!'" in r.stderr
+    assert f"tk: error: {bad}: 1 error, 1 warning; fix:" in r.stderr
+
+
+def test_check_spec_without_a_spec_is_one_line_with_a_fix(env_project: EnvProject) -> None:
+    env_project.spec.unlink()
+    r = run_tk(env_project.root, "env", "check-spec")
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"tk: error: spec file {env_project.spec} not found; fix: ")
+    assert "docs/env.md" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("env", "check-spec", "{f}"),
+        ("env", "render", "--cpu", "-f", "{f}"),
+        ("env", "create", "--dry-run", "--cpu", "-f", "{f}"),
+        ("env", "lock", "-f", "{f}"),
+    ],
+)
+def test_a_binary_spec_file_is_one_line(
+    env_project: EnvProject, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    f = tmp_path / "random.yml"
+    f.write_bytes(bytes(range(256)) * 4)
+    r = run_tk(env_project.root, *(a.replace("{f}", str(f)) for a in args))
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"tk: error: {f}: not a text file (UTF-8); fix: ")
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -137,7 +137,11 @@ def create_cmd(
 
     s = settings(env_engine=engine)
     if s.env_engine not in ENGINES:
-        raise UsageError(f"unknown engine {s.env_engine!r}", fix=f"one of {', '.join(ENGINES)}")
+        src = s.source("env_engine")
+        where = "" if src == "flag" else f" (from {src})"
+        raise UsageError(
+            f"unknown engine {s.env_engine!r}{where}", fix=f"one of {', '.join(ENGINES)}"
+        )
     req = service.CreateRequest(
         spec_path=_spec_path(file),
         name=name,
@@ -185,7 +189,12 @@ def _finish_create(result: dict[str, Any], as_json: bool) -> None:
     if checks:
         _print_checks(checks, result["prefix"])
     if bad:
-        validate.raise_if_failed(checks, Path(result["prefix"]))
+        validate.raise_if_failed(
+            checks,
+            Path(result["prefix"]),
+            fix="see the report above (re-check with `tk env validate`); the env is marked "
+            "failed and the next `tk env create` validates it again",
+        )
 
 
 def _print_checks(checks: list[Any], where: str) -> None:
@@ -283,6 +292,10 @@ def validate_cmd(
         spec_file = None
     env_spec = spec.load(spec_file) if spec_file is not None else None
     checks = service.run_validation(prefix, env_spec, variant, python)
+    recorded = marker.get("variant") if marker else None
+    same_spec = file is None or (marker and Path(file).absolute() == Path(marker.get("spec", "")))
+    if python is None and recorded and variant and variant.name == recorded and same_spec:
+        service.record_validation(prefix, checks)  # `tk env list` shows the latest result
     bad = validate.failed(checks)
     if as_json:
         print_json({"prefix": str(prefix), "ok": not bad, "checks": [c.to_dict() for c in checks]})
@@ -310,6 +323,12 @@ def diff_cmd(
         for key, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
             for item in out[key]:
                 typer.echo(f"{sign} {key}: {item}")
+    if out["spec_changed"] and not as_json:
+        typer.echo(
+            f"note: the spec changed since the lock ({out['spec_changed']}): "
+            f"`tk env create --locked` would refuse it (no longer matches the spec); "
+            f"`tk env create` re-solves and updates the lock",
+        )
     raise typer.Exit(1 if drift else 0)
 
 
@@ -338,6 +357,8 @@ def render_cmd(
     output: Annotated[OptPath, typer.Option("--output", "-o", help="Write here.")] = None,
 ) -> None:
     """Write a plain environment.yml for one variant, for users of plain conda."""
+    import dataclasses
+
     from toolkit.envs import spec, variants
     from toolkit.fsutil import atomic_write
 
@@ -348,10 +369,16 @@ def render_cmd(
     for note in choice.notes:
         if "no GPU check" not in note:
             warn(note)
-    text = variants.environment_yml(variants.render(env_spec, choice.variant))
+    rendered = variants.render(env_spec, choice.variant)
+    spec_dir = env_spec.path.parent
     if output is None:
-        typer.echo(text, nl=False)
+        if variants.has_relative_pip_path(rendered.pip):
+            warn(f"pip paths are relative to {spec_dir.absolute()}: save the output there, or "
+                 "use -o FILE (tk rewrites them for FILE's directory)")  # fmt: skip
+        typer.echo(variants.environment_yml(rendered), nl=False)
     else:
+        pip = variants.relocate_pip(rendered.pip, spec_dir, output.parent)
+        text = variants.environment_yml(dataclasses.replace(rendered, pip=pip))
         atomic_write(output, text, mode=0o644)
         typer.echo(f"wrote {output}")
 
@@ -365,16 +392,29 @@ def check_spec_cmd(
 ) -> None:
     """Check a spec: schema errors with line numbers (exit 2), then warnings."""
     from toolkit.envs import spec
+    from toolkit.envs.errors import SpecError
 
     path = _spec_path(file)
+    if not path.exists():
+        raise SpecError(
+            f"spec file {path} not found",
+            fix=f"pass one (`tk env check-spec FILE`) or create {path} (see docs/env.md)",
+        )
     report = spec.check(path)
     for p in report.errors:
         typer.echo(f"error: {p.render(path)}", err=True)
     for p in report.warnings:
         typer.echo(f"warning: {p.render(path)}", err=True)
+    n = len(report.warnings)
     if report.errors:
+        e = len(report.errors)
+        typer.echo(
+            f"tk: error: {path}: {e} error{'s' if e != 1 else ''}"
+            f"{f', {n} warning' + ('s' if n != 1 else '') if n else ''}; fix: see the lines above",
+            err=True,
+        )
         raise typer.Exit(2)
-    typer.echo(f"{path}: ok ({len(report.warnings)} warnings)")
+    typer.echo(f"{path}: ok ({n} warning{'s' if n != 1 else ''})")
 
 
 @app.command("list")
@@ -390,6 +430,8 @@ def list_cmd(as_json: JsonOpt = False) -> None:
                     "envs": [e.to_dict() for e in entries]})  # fmt: skip
         return
     typer.echo(f"# {where.path} ({where.why})")
+    if not entries:
+        typer.echo(f"no environments in {where.path} (create one with `tk env create`)")
     for e in entries:
         typer.echo(f"{e.name:24} {e.status:8} {e.variant or '-':12} {e.prefix}")
 
@@ -405,8 +447,15 @@ def remove_cmd(
     from toolkit.envs import service
 
     target = _target(name or None, prefix, None)
-    if not yes and sys.stdin.isatty() and not typer.confirm(f"delete {target}?"):
-        raise typer.Exit(1)
+    service.check_removable(target)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"not deleting {target}: no terminal to ask for confirmation on",
+                fix="pass --yes to delete without asking",
+            )
+        if not typer.confirm(f"delete {target}?"):
+            raise typer.Exit(1)
     service.remove(target)
     typer.echo(f"removed {target}")
 

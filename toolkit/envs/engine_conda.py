@@ -58,14 +58,24 @@ def remove(engine: str, prefix: Path) -> Command:
     return Command([engine, "env", "remove", "--yes", "--prefix", str(prefix)], {})
 
 
-def find(engine: str, environ: Mapping[str, str] | None = None) -> str:
-    """The engine's executable, or EngineNotFound saying how to get one."""
+def find(engine: str, environ: Mapping[str, str] | None = None, source: str = "flag") -> str:
+    """The engine's executable, or EngineNotFound saying how to get one. ``source`` is where
+    the engine setting came from (Settings.source): the message names it."""
     environ = os.environ if environ is None else environ
     exe = shutil.which(engine, path=environ.get("PATH"))
     if exe is None:
+        if source == "flag":
+            where, back = f"--engine {engine}", "--engine rattler"
+        elif source.startswith("env "):
+            var = source[4:]
+            where, back = f"{var}={engine} (environment)", f"unset {var} or set it to rattler"
+        elif source.startswith("tk.yaml"):
+            where, back = f"env.engine: {engine} in tk.yaml", "set env.engine: rattler in tk.yaml"
+        else:
+            where, back = f"engine {engine} ({source})", "--engine rattler"
         raise EngineNotFound(
-            f"--engine {engine}: `{engine}` is not on PATH",
-            fix="install it, or use the default engine (--engine rattler, needs no conda)",
+            f"{where}: `{engine}` is not on PATH",
+            fix=f"install it, or use the default engine ({back}; it needs no conda)",
         )
     return exe
 

@@ -47,7 +47,7 @@ LEGACY_PYTORCH_CUDA = ("11.6", "11.7", "11.8", "12.1", "12.4")
 
 STYLES = ("conda-forge", "pytorch")
 
-_CUDA_RE = re.compile(r"^(\d{2})\.(\d{1,2})$")
+_CUDA_RE = re.compile(r"^(\d+)\.(\d+)$")
 
 
 def parse_cuda(text: str) -> str:
@@ -58,6 +58,12 @@ def parse_cuda(text: str) -> str:
         raise UsageError(
             f"CUDA version must look like 12.4, got {text!r}",
             fix=f"one of {', '.join(MIN_DRIVER)}",
+        )
+    if int(m.group(1)) not in COMPAT_FLOOR or len(m.group(2)) > 2:
+        raise UsageError(
+            f"unknown CUDA version {value}: not supported (tk knows CUDA "
+            f"{min(COMPAT_FLOOR)}.x to {max(COMPAT_FLOOR)}.x)",
+            fix=f"use a known version: {', '.join(MIN_DRIVER)}",
         )
     return f"{int(m.group(1))}.{int(m.group(2))}"
 

@@ -76,6 +76,17 @@ def read_marker(prefix: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+# The marker's "validation": "pending" (create's validation has not finished), "ok",
+# "failed", "skipped" (--no-validate). Markers written before tk recorded it have none: ok.
+NEEDS_VALIDATION = ("pending", "failed")
+
+
+def validation_state(marker: Mapping[str, Any] | None) -> str | None:
+    if marker is None:
+        return None
+    return str(marker.get("validation") or "ok")
+
+
 def require_env(prefix: Path) -> dict[str, Any]:
     marker = read_marker(prefix)
     if marker is None:
@@ -91,7 +102,10 @@ def require_env(prefix: Path) -> dict[str, Any]:
 class EnvEntry:
     name: str
     prefix: Path
-    status: str  # "ok" (tk built it completely), "conda" (conda-meta, no tk record), "partial"
+    # "ok" (tk built it completely), "failed" (built, but its validation failed),
+    # "unchecked" (built, validation never finished), "conda" (conda-meta, no tk record),
+    # "partial" (a killed run's leftovers)
+    status: str
     variant: str | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +129,9 @@ def list_envs(directory: Path) -> list[EnvEntry]:
             continue
         marker = read_marker(child)
         if marker is not None:
-            out.append(EnvEntry(child.name, child, "ok", marker.get("variant")))
+            state = validation_state(marker)
+            status = {"failed": "failed", "pending": "unchecked"}.get(str(state), "ok")
+            out.append(EnvEntry(child.name, child, status, marker.get("variant")))
         elif (child / "conda-meta").is_dir():
             out.append(EnvEntry(child.name, child, "conda", None))
     return out

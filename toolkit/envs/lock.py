@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from toolkit.envs.errors import LockMismatch, SpecError
+from toolkit.envs.spec import read_text
 from toolkit.envs.variants import Rendered
 from toolkit.fsutil import atomic_write
 
@@ -152,7 +153,7 @@ class Lock:
             have = ", ".join(self.variants) or "none"
             raise LockMismatch(f"{path} has no {name} variant (has: {have})", fix=fix)
         if entry.spec_hash != rendered.spec_hash():
-            changed = _what_changed(entry, rendered)
+            changed = what_changed(entry, rendered)
             raise LockMismatch(f"{path} no longer matches the spec ({changed})", fix=fix)
         if platform not in entry.platforms:
             raise LockMismatch(f"{path} has no {platform} packages for {name}", fix=fix)
@@ -171,7 +172,7 @@ class Lock:
         atomic_write(path, self.to_yaml(), mode=0o644)
 
 
-def _what_changed(entry: LockedVariant, rendered: Rendered) -> str:
+def what_changed(entry: LockedVariant, rendered: Rendered) -> str:
     before, after = set(entry.dependencies), set(rendered.conda)
     parts = [f"+{d}" for d in sorted(after - before)] + [f"-{d}" for d in sorted(before - after)]
     if list(rendered.channels) != entry.channels:
@@ -181,20 +182,47 @@ def _what_changed(entry: LockedVariant, rendered: Rendered) -> str:
     return ", ".join(parts) or "spec changed"
 
 
+class CorruptLock(SpecError):
+    """The lock file cannot be read as a lock (not YAML, not text, not tk's layout). Without
+    ``--locked`` tk solves again and overwrites it."""
+
+
+class LockTooNew(SpecError):
+    """A newer tk wrote the lock file: this one leaves it alone."""
+
+
 def read(path: Path) -> Lock | None:
-    """The lock at ``path``; None when there is none yet."""
+    """The lock at ``path``; None when there is none yet. CorruptLock when it is damaged,
+    LockTooNew when a newer tk wrote it."""
     if not path.exists():
         return None
+    fix = f"run `tk env lock` (or a plain `tk env create`) to write {path.name} again"
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, "lock")) or {}
+    except SpecError as exc:
+        raise CorruptLock(exc.message, fix=fix) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise SpecError(
-            f"{path}{where}: lock file is not valid YAML", fix="re-run tk env lock"
-        ) from None
-    if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:
-        raise SpecError(f"{path}: not a tk lock file (version {LOCK_VERSION})")
+        raise CorruptLock(f"{path}{where}: lock file is not valid YAML", fix=fix) from None
+    version = data.get("version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > LOCK_VERSION:
+        raise LockTooNew(
+            f"{path} was written by a newer tk (lock version {version}, this tk reads "
+            f"{LOCK_VERSION})",
+            fix=f"upgrade tk (pip install -U tk-toolkit), or delete {path.name} to lock again with "
+            "this one",
+        )
+    if not isinstance(data, dict) or version != LOCK_VERSION:
+        raise CorruptLock(f"{path}: not a tk lock file (no `version: {LOCK_VERSION}`)", fix=fix)
+    try:
+        return _from_data(data)
+    except (AttributeError, TypeError, ValueError, SpecError) as exc:
+        msg = exc.message if isinstance(exc, SpecError) else str(exc)
+        raise CorruptLock(f"{path}: damaged lock file ({msg})", fix=fix) from None
+
+
+def _from_data(data: dict[str, Any]) -> Lock:
     lock = Lock(str(data.get("spec", "")))
     for name, v in (data.get("variants") or {}).items():
         lock.variants[str(name)] = LockedVariant(

@@ -61,6 +61,7 @@ class Plan:
     packages: list[LockedPackage]
     source: str  # "lock" or "solve"
     probe: gpu.GpuProbe | None
+    validate: bool = True  # the marker records "pending" until validation passes
 
 
 def plan(settings: Settings, req: CreateRequest, say: Say = _quiet) -> Plan:
@@ -74,7 +75,7 @@ def plan(settings: Settings, req: CreateRequest, say: Say = _quiet) -> Plan:
     rendered = variants.render(env_spec, choice.variant, req.channels)
     prefix = locations.resolve_prefix(settings, req.name or env_spec.name, req.prefix)
     platform = current_platform()
-    current = lock.read(env_spec.lock_path)
+    current = _read_lock(env_spec.lock_path, req.locked, say)
     if req.locked:
         if current is None:
             raise LockMismatch(
@@ -82,16 +83,30 @@ def plan(settings: Settings, req: CreateRequest, say: Say = _quiet) -> Plan:
                 fix="run `tk env lock` first",
             )
         pkgs = current.require(rendered, platform, env_spec.lock_path)
-        return Plan(env_spec, choice, rendered, prefix, platform, pkgs, "lock", probe)
+        return Plan(env_spec, choice, rendered, prefix, platform, pkgs, "lock", probe, req.validate)
     pkgs_or_none = current.packages(rendered, platform) if current else None
     if pkgs_or_none is not None:
-        return Plan(env_spec, choice, rendered, prefix, platform, pkgs_or_none, "lock", probe)
+        return Plan(
+            env_spec, choice, rendered, prefix, platform, pkgs_or_none, "lock", probe, req.validate
+        )
     from toolkit.envs import engine_rattler
 
     say(f"solving {len(rendered.conda)} specs for {platform} ({', '.join(rendered.channels)})")
     prefer = current.previous(rendered.variant.name, platform) if current else None
     pkgs = engine_rattler.solve(rendered, platform, prefer, _repodata_cache(settings))
-    return Plan(env_spec, choice, rendered, prefix, platform, pkgs, "solve", probe)
+    return Plan(env_spec, choice, rendered, prefix, platform, pkgs, "solve", probe, req.validate)
+
+
+def _read_lock(path: Path, locked: bool, say: Say) -> lock.Lock | None:
+    """The lock; a damaged one is an error with --locked, otherwise solved again and
+    overwritten (said in one line). A lock from a newer tk is always an error."""
+    try:
+        return lock.read(path)
+    except lock.CorruptLock as exc:
+        if locked:
+            raise
+        say(f"note: {exc.message.rstrip('.')}: solving again; the lock will be overwritten")
+        return None
 
 
 def _repodata_cache(settings: Settings) -> Path | None:
@@ -146,8 +161,20 @@ def create(
         "gpu": p.probe.to_dict() if p.probe else None,
     }
     if up_to_date(p):
-        say(f"{p.prefix} is up to date (spec and lock unchanged): nothing to do")
-        return {**result, "status": "unchanged"}
+        last = locations.validation_state(locations.read_marker(p.prefix))
+        if last not in locations.NEEDS_VALIDATION:
+            say(f"{p.prefix} is up to date (spec and lock unchanged): nothing to do")
+            return {**result, "status": "unchanged"}
+        what = "failed" if last == "failed" else "did not finish"
+        if not req.dry_run and not req.validate:
+            say(f"{p.prefix} is up to date (spec and lock unchanged), but its last validation "
+                f"{what} (--no-validate: not checked again)")  # fmt: skip
+            return {**result, "status": "unchanged", "validation": last}
+        if not req.dry_run:
+            say(f"{p.prefix}: packages unchanged, but its last validation {what}: validating again")
+            checks = run_validation(p.prefix, p.spec, p.choice.variant)
+            record_validation(p.prefix, checks)
+            return {**result, "status": "revalidated", "checks": [c.to_dict() for c in checks]}
     if req.dry_run:
         diff = diff_packages(p.packages, installed_records(p.prefix))
         return {**result, "status": "dry-run", "diff": diff}
@@ -157,12 +184,26 @@ def create(
     install(settings, p, req.engine, say, progress)
     result["status"] = "created"
     if req.validate:
-        result["checks"] = [c.to_dict() for c in run_validation(p.prefix, p.spec, p.choice.variant)]
+        checks = run_validation(p.prefix, p.spec, p.choice.variant)
+        record_validation(p.prefix, checks)
+        result["checks"] = [c.to_dict() for c in checks]
     return result
 
 
+def record_validation(prefix: Path, checks: list[validate.Check]) -> None:
+    """Write the validation result into the completion marker of a prefix tk built: a failed
+    validation leaves the env marked "failed" (`tk env list`), and the next `create` checks
+    it again instead of calling it up to date."""
+    marker = locations.read_marker(prefix)
+    if marker is None:
+        return
+    marker["validation"] = "failed" if validate.failed(checks) else "ok"
+    marker["validated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write(prefix / locations.MARKER, json.dumps(marker, indent=2) + "\n", mode=0o644)
+
+
 def write_lock(p: Plan) -> None:
-    current = lock.read(p.spec.lock_path) or lock.Lock(p.spec.path.name)
+    current = _read_lock(p.spec.lock_path, False, _quiet) or lock.Lock(p.spec.path.name)
     current.put(p.rendered, p.platform, p.packages)
     current.write(p.spec.lock_path)
 
@@ -196,6 +237,8 @@ def _prepare_parent(prefix: Path) -> None:
 
 def install(settings: Settings, p: Plan, engine: str, say: Say, progress: Progress | None) -> None:
     """Build the prefix so that it is either complete (marker written last) or absent."""
+    if engine != "rattler":
+        engine_conda.find(engine, source=settings.source("env_engine"))
     _refuse_foreign(p.prefix)
     _prepare_parent(p.prefix)
     if engine == "rattler":
@@ -313,6 +356,8 @@ def write_marker(p: Plan, engine: str) -> None:
         "lock_hash": lock.content_hash(p.packages),
         "packages": len(p.packages),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        # "pending" until create's validation passes ("ok") or fails ("failed")
+        "validation": "pending" if p.validate else "skipped",
     }
     atomic_write(p.prefix / locations.MARKER, json.dumps(data, indent=2) + "\n", mode=0o644)
 
@@ -356,7 +401,7 @@ def make_lock(
     from toolkit.envs import engine_rattler
 
     env_spec = spec.load(spec_path)
-    current = lock.read(env_spec.lock_path) or lock.Lock(env_spec.path.name)
+    current = _read_lock(env_spec.lock_path, False, say) or lock.Lock(env_spec.path.name)
     done: list[dict[str, Any]] = []
     for variant in lock_variants(env_spec, cuda, cpu):
         rendered = variants.render(env_spec, variant, channels)
@@ -410,7 +455,18 @@ def env_diff(prefix: Path, spec_path: Path | None) -> dict[str, Any]:
         "lock": str(env_spec.lock_path),
         "variant": marker["variant"],
         **diff,
+        "spec_changed": spec_changed(env_spec, entry, Variant.parse(str(marker["variant"]))),
     }
+
+
+def spec_changed(env_spec: spec.EnvSpec, entry: lock.LockedVariant, variant: Variant) -> str | None:
+    """What changed in the spec since ``entry`` was locked (as `create --locked` would say), or
+    None when the lock still matches (also when it was made with --channel)."""
+    plain = variants.render(env_spec, variant)
+    with_channels = variants.render(env_spec, variant, tuple(entry.channels))
+    if entry.spec_hash in (plain.spec_hash(), with_channels.spec_hash()):
+        return None
+    return lock.what_changed(entry, plain)
 
 
 def export(prefix: Path, no_builds: bool) -> str:
@@ -460,8 +516,8 @@ def _pip_installed(prefix: Path) -> list[str]:
     return sorted(line for line in proc.stdout.splitlines() if line.strip())
 
 
-def remove(prefix: Path) -> None:
-    """Delete an environment tk or conda built (it must hold conda-meta/)."""
+def check_removable(prefix: Path) -> None:
+    """EnvNotFound unless ``prefix`` is an environment (a directory holding conda-meta/)."""
     if not prefix.exists():
         raise EnvNotFound(f"no environment at {prefix}", fix="check the name with `tk env list`")
     if not (prefix / "conda-meta").is_dir():
@@ -469,6 +525,11 @@ def remove(prefix: Path) -> None:
             f"{prefix} is not an environment (no conda-meta/): refusing to delete it",
             fix="check the name with `tk env list`",
         )
+
+
+def remove(prefix: Path) -> None:
+    """Delete an environment tk or conda built (it must hold conda-meta/)."""
+    check_removable(prefix)
     trash = prefix.with_name(f".{prefix.name}{locations.OLD_TAG}{os.getpid()}")
     try:
         os.rename(prefix, trash)

@@ -126,16 +126,23 @@ class _Checker:
     def warn(self, node: yaml.Node | None, msg: str) -> None:
         self.report.warnings.append(Problem(_line(node), msg))
 
-    def strings(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]]:
+    def strings(
+        self, node: yaml.Node, what: str, text_only: bool = False
+    ) -> list[tuple[str, yaml.Node]]:
+        """The entries of a list of strings; with ``text_only``, a number or true/false
+        (YAML's ``- 42``) is an error rather than read as text."""
         if not isinstance(node, yaml.SequenceNode):
             self.err(node, f"{what} must be a list")
             return []
         out: list[tuple[str, yaml.Node]] = []
         for item in node.value:
-            if isinstance(item, yaml.ScalarNode) and item.value != "":
-                out.append((str(item.value), item))
-            else:
+            if not (isinstance(item, yaml.ScalarNode) and item.value != ""):
                 self.err(item, f"{what}: each entry must be a non-empty string")
+            elif text_only and item.tag != _STR_TAG:
+                self.err(item, f"{what}: {item.value!r} is {_kind(item)}, not a string "
+                         "(quote it if it is meant as text)")  # fmt: skip
+            else:
+                out.append((str(item.value), item))
         return out
 
     def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -152,6 +159,17 @@ class _Checker:
         return out
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+def _kind(node: yaml.Node) -> str:
+    kind = str(node.tag).rsplit(":", 1)[-1]
+    return {"int": "a number", "float": "a number", "bool": "true/false", "null": "null"}.get(
+        kind, f"a YAML {kind}"
+    )
+
+
 def _line(node: yaml.Node | None) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
@@ -162,12 +180,11 @@ def _strs(c: _Checker, node: yaml.Node, what: str) -> tuple[str, ...]:
 
 def _bool(c: _Checker, node: yaml.Node, what: str) -> bool:
     text = str(getattr(node, "value", "")).lower()
-    if text in ("true", "yes", "on"):
+    if getattr(node, "tag", None) != _BOOL_TAG:
+        got = f", got the string {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+        c.err(node, f"{what} must be true or false{got}")
         return True
-    if text in ("false", "no", "off"):
-        return False
-    c.err(node, f"{what} must be true or false")
-    return True
+    return text in ("true", "yes", "on")
 
 
 def _top(c: _Checker, root: yaml.Node) -> dict[str, Any]:
@@ -193,15 +210,47 @@ def _dependencies(c: _Checker, node: yaml.Node | None) -> tuple[list[Any], list[
         c.err(node, "dependencies must be a list")
         return conda, pip
     for item in node.value:
-        if isinstance(item, yaml.ScalarNode) and item.value != "":
+        if isinstance(item, yaml.ScalarNode) and item.value != "" and item.tag != _STR_TAG:
+            c.err(item, f"dependencies: {item.value!r} is {_kind(item)}, not a package spec")
+        elif isinstance(item, yaml.ScalarNode) and item.value != "":
             conda.append((str(item.value), item))
+            _match_spec(c, str(item.value), item)
         elif isinstance(item, yaml.MappingNode):
             sub = c.mapping(item, "a dependencies entry", ("pip",))
             if "pip" in sub:
-                pip.extend(c.strings(sub["pip"], "pip"))
+                pip.extend(c.strings(sub["pip"], "pip", text_only=True))
         else:
             c.err(item, "dependencies: each entry must be a package spec or a 'pip:' list")
     return conda, pip
+
+
+def _match_spec(c: _Checker, dep: str, node: yaml.Node) -> None:
+    """An error for a conda package spec the solver would reject or misread. Uses
+    py-rattler's MatchSpec (the solver's own parser), imported here so ``tk --help`` stays
+    fast; without it only tk's own checks run."""
+    problem = match_spec_problem(dep)
+    if problem is not None:
+        c.err(node, f"invalid package spec {dep!r}: {problem}")
+
+
+def match_spec_problem(dep: str) -> str | None:
+    """Why ``dep`` is not a valid conda match spec, or None."""
+    if "#" in dep:
+        return "'#' starts a comment in a package spec (the rest would be dropped)"
+    try:
+        from rattler import MatchSpec
+        from rattler.exceptions import InvalidMatchSpecError
+    except ImportError:  # pragma: no cover - py-rattler is a dependency
+        return None
+    try:
+        parsed = MatchSpec(dep.replace("{cuda}", "12.4"))
+    except InvalidMatchSpecError as exc:
+        lines = str(exc).strip().splitlines()
+        return lines[0] if lines else "not a package spec"
+    version = str(parsed.version or "").lstrip("=!<>~ ")
+    if version and version != "*" and not any(ch.isdigit() for ch in version):
+        return f"the version {version!r} has no digits (a space separates name and version)"
+    return None
 
 
 def _cuda_list(c: _Checker, node: yaml.Node) -> tuple[str, ...]:
@@ -222,7 +271,13 @@ def _variants(c: _Checker, node: yaml.Node) -> dict[str, VariantRule]:
     out: dict[str, VariantRule] = {}
     for kind, rule_node in c.mapping(node, "x-tk.variants", ("cpu", "cuda")).items():
         rule = c.mapping(rule_node, f"x-tk.variants.{kind}", RULE_KEYS)
-        parts = {k: _strs(c, v, f"variants.{kind}.{k}") for k, v in rule.items()}
+        parts: dict[str, tuple[str, ...]] = {}
+        for k, v in rule.items():
+            entries = c.strings(v, f"variants.{kind}.{k}", text_only=k != "channels")
+            if k == "add":
+                for text, item in entries:
+                    _match_spec(c, text, item)
+            parts[k] = tuple(text for text, _ in entries)
         out[kind] = VariantRule(**parts)
     return out
 
@@ -307,11 +362,7 @@ def _warnings(c: _Checker, conda: list[Any], pip: list[Any], x: dict[str, Any]) 
 def check(path: Path) -> Report:
     """Every schema error and warning in the spec at ``path``."""
     c = _Checker(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        c.err(None, f"cannot read: {exc.strerror or exc}")
-        return c.report
+    text = read_text(path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -342,12 +393,27 @@ def check(path: Path) -> Report:
     return c.report
 
 
+def read_text(path: Path, what: str = "spec") -> str:
+    """The text of a spec (or lock) file; SpecError (exit 2), one line, when it is missing,
+    unreadable or not UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{what} file {path} not found", fix=MISSING_SPEC_FIX) from None
+    except UnicodeDecodeError:
+        raise SpecError(
+            f"{path}: not a text file (UTF-8)",
+            fix=f"a {what} file is YAML text; check the file name, or recreate it",
+        ) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+MISSING_SPEC_FIX = "pass -f FILE or create envs/inference.yml (see docs/env.md)"
+
+
 def load(path: Path) -> EnvSpec:
     """The spec at ``path``, or SpecError naming the first problems with their lines."""
-    if not path.exists():
-        raise SpecError(
-            f"spec file {path} not found", fix="pass -f FILE or create envs/inference.yml"
-        )
     report = check(path)
     if report.spec is None:
         shown = "; ".join(p.render(path) for p in report.errors[:3])

@@ -243,13 +243,14 @@ def failed(checks: list[Check]) -> list[Check]:
     return [c for c in checks if c.status == "fail"]
 
 
-def raise_if_failed(checks: list[Check], prefix: Path) -> None:
+def raise_if_failed(checks: list[Check], prefix: Path, fix: str | None = None) -> None:
     bad = failed(checks)
     if bad:
         first = bad[0]
         raise ValidationFailed(
-            f"{prefix}: {len(bad)} check(s) failed; first: {first.name}: {first.message}",
-            fix="see `tk env validate` for the full report",
+            f"{prefix}: {len(bad)} check{'s' if len(bad) != 1 else ''} failed; "
+            f"first: {first.name}: {first.message}",
+            fix=fix,
         )
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -123,6 +125,38 @@ def pytorch_spec(rendered: Rendered) -> str | None:
         if dep_name(dep) == "pytorch":
             return dep_version(dep)
     return None
+
+
+_PATH_OPTIONS = ("-e", "--editable", "-r", "--requirement", "-c", "--constraint")
+
+
+def relocate_pip(lines: tuple[str, ...], spec_dir: Path, out_dir: Path) -> tuple[str, ...]:
+    """pip lines with relative paths (``-e ..``, ``./pkg``, ``-r reqs.txt``) rewritten so that
+    they still point at the same place from ``out_dir`` (conda resolves them relative to the
+    environment.yml that holds them; the spec's are relative to the spec's directory)."""
+
+    def move(path: str) -> str:
+        if not path or os.path.isabs(path) or "://" in path or path.startswith("~"):
+            return path
+        target = os.path.normpath(spec_dir.absolute() / path)
+        rel = os.path.relpath(target, out_dir.absolute())
+        return rel if rel.startswith(".") else f"./{rel}"  # "pkg" alone is a project name
+
+    out = []
+    for line in lines:
+        text = line.strip()
+        opt, sep, rest = text.partition(" ")
+        if opt in _PATH_OPTIONS and sep:
+            out.append(f"{opt} {move(rest.strip())}")
+        elif text.startswith("."):
+            out.append(move(text))
+        else:
+            out.append(line)
+    return tuple(out)
+
+
+def has_relative_pip_path(lines: tuple[str, ...]) -> bool:
+    return relocate_pip(lines, Path("/a/b"), Path("/c")) != lines
 
 
 def environment_yml(rendered: Rendered) -> str:

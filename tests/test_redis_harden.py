@@ -128,7 +128,7 @@ def test_evicting_policy_is_refused_without_force(project: Path, kind: ServerKin
     [
         (["--maxmemory", "lots"], "maxmemory 'lots' is not a size"),
         (["--maxmemory-policy", "lru"], "unknown maxmemory-policy 'lru'"),
-        (["--port", "99999"], "between 0 and 65535"),
+        (["--port", "99999"], "between 1 and 65535"),
         (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "no such file"),
         (["--tls-cert", "/etc/hostname"], "needs both --tls-cert and --tls-key"),
         (["--server", "/nonexistent/redis-server"], "does not exist"),

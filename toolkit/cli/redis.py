@@ -17,6 +17,7 @@ app = typer.Typer(help="Write, audit and run a hardened Redis.", no_args_is_help
 OptPath = Optional[Path]  # noqa: UP045
 OptStr = Optional[str]  # noqa: UP045
 OptInt = Optional[int]  # noqa: UP045
+OptBool = Optional[bool]  # noqa: UP045
 
 ServerOpt = Annotated[
     OptPath,
@@ -37,10 +38,19 @@ def harden_cmd(
         typer.Option("--maxmemory-policy", help="Eviction policy. \\[default: noeviction]"),
     ] = None,
     durable: Annotated[
-        bool, typer.Option("--durable", help="appendfsync always (every write hits disk).")
-    ] = False,
+        OptBool,
+        typer.Option(
+            "--durable/--no-durable",
+            help="appendfsync always (every write hits disk) / everysec. \\[default: everysec]",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Accept an evicting maxmemory-policy.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Accept an evicting maxmemory-policy, or --bind beyond loopback without TLS.",
+        ),
     ] = False,
     rotate: Annotated[bool, typer.Option("--rotate", help="Generate new passwords.")] = False,
     bind: Annotated[
@@ -52,7 +62,17 @@ def harden_cmd(
     ] = None,
     tls_cert: Annotated[OptPath, typer.Option("--tls-cert", help="TLS certificate.")] = None,
     tls_key: Annotated[OptPath, typer.Option("--tls-key", help="TLS private key.")] = None,
-    tls_ca: Annotated[OptPath, typer.Option("--tls-ca", help="CA for client certs.")] = None,
+    tls_ca: Annotated[
+        OptPath,
+        typer.Option(
+            "--tls-ca",
+            help="CA certificate that signed --tls-cert: tk's clients verify the server with "
+            "it, and the server client certs. A self-signed cert is its own CA.",
+        ),
+    ] = None,
+    no_tls: Annotated[
+        bool, typer.Option("--no-tls", help="Drop the TLS settings of an earlier run.")
+    ] = False,
     show_secrets: Annotated[
         bool, typer.Option("--show-secrets", help="Print the generated passwords.")
     ] = False,
@@ -62,20 +82,27 @@ def harden_cmd(
     """Write redis-conf/redis.conf and users.acl: loopback only, AOF on, noeviction, ACL users.
 
     Passwords are generated once (256 bits) and kept on re-runs unless --rotate; they are
-    stored in redis-conf/credentials.json (mode 0600) and never printed unless asked.
+    stored in redis-conf/credentials.json (mode 0600, git-ignored) and never printed unless
+    asked. Re-running also keeps the port, --durable, --maxmemory(-policy), TLS and --bind
+    unless given again. A running server loads new passwords at once; other changes need
+    `tk redis stop && tk redis start`.
     """
     from toolkit.redis.harden import harden
-    from toolkit.redis.profile import check_tls
+    from toolkit.redis.profile import check_port, check_tls
 
+    if port is not None:
+        check_port(port)
+    if no_tls and (tls_cert or tls_key or tls_ca):
+        raise UsageError("--no-tls contradicts --tls-cert/--tls-key/--tls-ca", fix="give one")
     s = settings(
         redis_port=port,
         redis_maxmemory=maxmemory,
         redis_policy=policy,
-        redis_durable=durable or None,
+        redis_durable=durable,
         redis_server=server,
     )
     tls = check_tls(tls_cert, tls_key, tls_ca)
-    result = harden(s, tls=tls, force=force, rotate=rotate, bind=bind)
+    result = harden(s, tls=tls, force=force, rotate=rotate, bind=bind, no_tls=no_tls)
     for w in result.warnings:
         warn(w)
     out: dict[str, Any] = {
@@ -86,6 +113,8 @@ def harden_cmd(
         "users": result.users,
         "passwords": "rotated" if result.rotated else ("kept" if result.kept_passwords else "new"),
         "live": result.live,
+        "kept": result.kept,
+        "notes": result.notes,
         "warnings": result.warnings,
     }
     if show_secrets:
@@ -99,12 +128,17 @@ def harden_cmd(
     typer.echo(f"wrote {result.conf}\nwrote {result.aclfile}\nwrote {result.credentials}")
     typer.echo(f"for {result.server}; users: {', '.join(result.users)} ({out['passwords']} "
                "passwords)")  # fmt: skip
+    if result.kept:
+        typer.echo(f"kept from the earlier run: {', '.join(result.kept)}")
     if result.live:
         typer.echo(result.live)
+    for note in result.notes:
+        typer.echo(note)
     if show_secrets:
         for user, pw in out["secrets"].items():
             typer.echo(f"  {user}: {pw}")
-    typer.echo("next: tk redis start   (then: tk redis audit)")
+    if not result.notes and not any("restart" in w for w in result.warnings):
+        typer.echo("next: tk redis start   (then: tk redis audit)")
 
 
 @app.command("audit")
@@ -126,8 +160,10 @@ def audit_cmd(
     from toolkit.redis.urls import mask_url
 
     if conf is not None and url is not None:
-        raise UsageError("give --conf or --url, not both")
+        raise UsageError("give --conf or --url, not both", fix="run `tk redis audit` once for each")
     s = settings()
+    if conf is None and url is None and s.redis_url is None:
+        conf = _managed_conf_if_stopped(s)
     if conf is not None:
         facts = audit.facts_from_conf(conf)
     else:
@@ -153,6 +189,22 @@ def audit_cmd(
         raise typer.Exit(code)
     _print_findings(facts.where, findings)
     raise typer.Exit(code)
+
+
+def _managed_conf_if_stopped(s: Any) -> Path | None:
+    """With the managed server stopped, its redis.conf is what there is to audit."""
+    from toolkit.redis.server import ServerPaths, read_pid
+
+    paths = ServerPaths.from_settings(s)
+    if read_pid(paths.pidfile) is not None:
+        return None
+    if not paths.conf.is_file():
+        raise UsageError(
+            f"the managed Redis is not running and there is no {paths.conf}",
+            fix="run `tk redis harden` first, or pass --conf FILE or --url URL",
+        )
+    warn(f"the managed Redis is not running: auditing {paths.conf} (start it to audit it live)")
+    return paths.conf
 
 
 def urlsplit_password(url: str) -> bool:

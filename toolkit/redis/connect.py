@@ -91,7 +91,16 @@ def client(
 
 def describe_connection_error(exc: Exception, url: str) -> ServerNotRunning:
     """A one-line, secret-free error for a failed connection."""
+    import redis as redis_py
+
     text = str(exc).split("\n")[0]
+    if isinstance(exc, redis_py.AuthenticationError) or "WRONGPASS" in text:
+        return ServerNotRunning(
+            f"Redis at {mask_url(url)} refused the credentials: {text}",
+            fix="the passwords in credentials.json (or TK_REDIS_URL/TK_REDIS_PASSWORD) do not "
+            "match the server's; if they were rotated while it ran, restart it: "
+            "`tk redis stop` then `tk redis start`",
+        )
     return ServerNotRunning(
         f"cannot reach Redis at {mask_url(url)}: {text}",
         fix="start it with `tk redis start`, or check TK_REDIS_URL",

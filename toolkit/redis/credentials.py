@@ -41,8 +41,10 @@ class Credentials:
 
     def url(self, user: str) -> str:
         if user not in self.passwords:
+            users = ", ".join(sorted(self.passwords))
             raise CredentialsError(
-                f"no password for Redis user {user!r}", fix="run `tk redis harden` again"
+                f"no password for Redis user {user!r}: the users are {users}",
+                fix=f"use one of: {users} (e.g. --user tk-monitor)",
             )
         return build_url(self.host, self.port, user, self.passwords[user], self.tls)
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,12 +86,30 @@ def is_loopback(address: str) -> bool:
     return a in {"::1", "localhost"} or a.startswith("127.")
 
 
+def check_address(address: str) -> None:
+    """One ``bind`` address: an IP address (``-`` in front: optional, as in ``-::1``), ``*``
+    or ``localhost``."""
+    a = address[1:] if address.startswith("-") else address
+    if a in {"*", "::*", "localhost"}:
+        return
+    try:
+        ipaddress.ip_address(a)
+    except ValueError:
+        raise ConfigError(
+            f"--bind {address!r} is not an IP address",
+            fix="give IP addresses separated by spaces, e.g. --bind '127.0.0.1 -::1 10.0.0.5' "
+            "(a leading - marks one that may be missing)",
+        ) from None
+
+
 def check_bind(bind: str | None, tls: TlsFiles | None, force: bool) -> tuple[str, list[str]]:
     """The bind line; beyond loopback without TLS passwords cross the network in clear text,
     so it needs ``force``. Returns (bind, warnings)."""
     if not bind or not bind.split():
         return BIND_LOOPBACK, []
     addresses = bind.split()
+    for address in addresses:
+        check_address(address)
     wide = [a for a in addresses if not is_loopback(a)]
     if not wide or tls is not None:
         return " ".join(addresses), []
@@ -102,15 +121,74 @@ def check_bind(bind: str | None, tls: TlsFiles | None, force: bool) -> tuple[str
     return " ".join(addresses), [message]
 
 
+MIN_PORT, MAX_PORT = 1, 65535
+MIN_MAXMEMORY = 1024 * 1024
+"""Below 1 MB a server cannot even hold its own buffers: every write would be refused."""
+
+
+def check_port(port: int) -> int:
+    if not MIN_PORT <= port <= MAX_PORT:
+        raise ConfigError(
+            f"port must be between {MIN_PORT} and {MAX_PORT}, got {port}",
+            fix="pick a free port, e.g. --port 6379 (redis.port in tk.yaml, TK_REDIS_PORT)",
+        )
+    return port
+
+
+def check_maxmemory(maxmemory: int) -> int:
+    if maxmemory == 0:
+        raise ConfigError(
+            "maxmemory 0 means no limit: Redis would grow until the kernel kills it and the "
+            "queue goes with it",
+            fix="give a limit such as --maxmemory 512mb or 2gb, or leave it out for a quarter "
+            "of RAM",
+        )
+    if maxmemory < MIN_MAXMEMORY:
+        raise ConfigError(
+            f"maxmemory {maxmemory} bytes is too small: with noeviction every write would fail",
+            fix="give at least 1mb, e.g. --maxmemory 512mb, or leave it out for a quarter of RAM",
+        )
+    return maxmemory
+
+
 def check_tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
+    """The TLS files, checked. Without ``ca``: a self-signed cert is its own CA (clients
+    verify the server against it); any other cert needs the CA that signed it."""
     if cert is None and key is None and ca is None:
         return None
     if cert is None or key is None:
-        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        missing = "--tls-key" if key is None else "--tls-cert"
+        raise ConfigError(
+            "TLS needs both --tls-cert and --tls-key",
+            fix=f"add {missing} FILE (and --tls-ca for a cert your own CA signed)",
+        )
     for what, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)):
         if path is not None and not path.is_file():
-            raise ConfigError(f"{what} {path}: no such file")
-    return TlsFiles(cert.resolve(), key.resolve(), ca.resolve() if ca else None)
+            raise ConfigError(
+                f"{what} {path}: no such file",
+                fix=f"give the path of an existing PEM file to {what}",
+            )
+    if ca is None:
+        if not is_self_signed(cert):
+            raise ConfigError(
+                f"--tls-cert {cert} is not self-signed and no --tls-ca was given: clients "
+                "could not verify the server",
+                fix="add --tls-ca with the CA certificate that signed it (for a public CA: "
+                "--tls-ca /etc/ssl/certs/ca-certificates.crt)",
+            )
+        ca = cert
+    return TlsFiles(cert.resolve(), key.resolve(), ca.resolve())
+
+
+def is_self_signed(cert: Path) -> bool:
+    """Whether the (first) certificate in ``cert`` names itself as its issuer."""
+    import ssl
+
+    try:
+        decoded = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
+    except (ssl.SSLError, OSError, AttributeError, ValueError):
+        return False
+    return bool(decoded.get("subject")) and decoded.get("subject") == decoded.get("issuer")
 
 
 def render_conf(

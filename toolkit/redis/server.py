@@ -215,19 +215,75 @@ def _last_error(paths: ServerPaths) -> str:
     return lines[-1].strip()[:300] if lines else "no output"
 
 
+SERVER_NAMES = ("redis-server", "valkey-server", "redis", "valkey")
+
+
+def _is_redis_process(pid: int) -> str | None:
+    """None when ``pid`` is a redis/valkey server; else what it is (for the error)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        names = [proc.name()]
+        with contextlib.suppress(psutil.Error, IndexError):
+            names.append(Path(_exe_of(proc)).name)
+    except psutil.Error as exc:
+        return f"unknown ({exc})"
+    if any(n.split(" ")[0] in SERVER_NAMES for n in names):
+        return None
+    return names[0]
+
+
+def _send_shutdown(settings: Settings) -> str | None:
+    """SHUTDOWN as admin; None when it was sent, else why it could not be (one line)."""
+    import redis as redis_py
+
+    try:
+        with connect.client(settings, "admin", timeout=5.0) as c:
+            c.ping()  # an authentication or connection failure shows here, not below
+            # The server closing the connection means it is going down.
+            with contextlib.suppress(redis_py.ConnectionError, redis_py.TimeoutError):
+                c.execute_command("SHUTDOWN")
+    except Exception as exc:
+        if isinstance(exc, CredentialsError):
+            return exc.one_line()
+        return str(exc).split("\n")[0] or type(exc).__name__
+    return None
+
+
 def stop(settings: Settings, timeout: float = 30.0) -> str:
-    """SHUTDOWN the managed server (the AOF is fsynced) and wait for the process to exit."""
+    """SHUTDOWN the managed server (the AOF is fsynced) and wait for the process to exit.
+
+    When SHUTDOWN cannot be sent (the passwords or port changed while it ran, no
+    credentials), the pidfile's process gets SIGTERM, which Redis handles the same way,
+    after checking that it is a redis/valkey server.
+    """
     paths = ServerPaths.from_settings(settings)
     pid = read_pid(paths.pidfile)
     if pid is None:
-        raise ServerNotRunning(f"Redis is not running (no live pid in {paths.pidfile})")
+        raise ServerNotRunning(
+            f"Redis is not running (no live pid in {paths.pidfile})",
+            fix="nothing to stop; `tk redis status` shows the state, `tk redis start` starts it",
+        )
     how = "SHUTDOWN"
-    try:
-        with connect.client(settings, "admin", timeout=5.0) as c, contextlib.suppress(Exception):
-            c.execute_command("SHUTDOWN")
-    except CredentialsError:
-        how = "SIGTERM"
-        os.kill(pid, signal.SIGTERM)
+    why = _send_shutdown(settings)
+    if why is not None:
+        what = _is_redis_process(pid)
+        if what is not None:
+            raise RedisError(
+                f"cannot send SHUTDOWN ({why}), and pid {pid} in {paths.pidfile} is {what}, "
+                "not a redis/valkey server: not signalling it",
+                fix=f"remove {paths.pidfile} if that server is gone; check the credentials "
+                "in credentials.json",
+            )
+        how = f"SIGTERM (SHUTDOWN failed: {why})"
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError as exc:
+            raise RedisError(
+                f"cannot send SHUTDOWN ({why}) nor SIGTERM to pid {pid}: {exc.strerror}",
+                fix=f"stop it as the user that started it (kill {pid})",
+            ) from None
     deadline = time.monotonic() + timeout
     while alive(pid):
         if time.monotonic() > deadline:
@@ -241,13 +297,25 @@ def stop(settings: Settings, timeout: float = 30.0) -> str:
     return f"Redis (pid {pid}) stopped with {how}; data synced to {paths.data_dir}"
 
 
+STATUS_KEYS = (
+    "running", "pid", "conf", "port", "binary", "version", "uptime_s", "rss_bytes",
+    "reachable", "aof_enabled", "used_memory", "maxmemory", "keys", "error",
+)  # fmt: skip
+
+
 def status(settings: Settings) -> dict[str, Any]:
-    """Facts about the managed server: running?, pid, binary and version, port, memory, AOF."""
+    """Facts about the managed server: running?, pid, binary and version, port, memory, AOF.
+
+    The keys are the same whether it runs or not (None for what is not known): ``binary``
+    is a path, ``version`` comes from the server or, when it is not reachable, from the
+    binary's ``--version``.
+    """
     import psutil
 
     paths = ServerPaths.from_settings(settings)
     pid = read_pid(paths.pidfile)
-    out: dict[str, Any] = {"running": pid is not None, "pid": pid, "conf": str(paths.conf)}
+    out: dict[str, Any] = dict.fromkeys(STATUS_KEYS)
+    out.update({"running": pid is not None, "pid": pid, "conf": str(paths.conf)})
     creds = credentials.load(settings.redis_conf_dir)
     out["port"] = creds.port if creds else None
     if pid is not None:
@@ -269,9 +337,11 @@ def status(settings: Settings) -> dict[str, Any]:
     except Exception as exc:
         out["reachable"] = False
         out["error"] = str(exc).split("\n")[0]
-    if "binary" not in out:
-        with contextlib.suppress(Exception):
-            out["binary"] = server_for(settings, paths.conf).describe() + " (not running)"
+    with contextlib.suppress(Exception):
+        if out["binary"] is None:
+            out["binary"] = str(server_for(settings, paths.conf).path)
+        if out["version"] is None:
+            out["version"] = str(binaries.probe(Path(out["binary"])))
     return out
 
 
@@ -292,4 +362,16 @@ def ping(settings: Settings, user: str = "tk-monitor", url: str | None = None) -
     except CredentialsError:
         raise
     except Exception as exc:
-        raise connect.describe_connection_error(exc, full) from None
+        import redis as redis_py
+
+        error = connect.describe_connection_error(exc, full)
+        pid = None
+        if url is None and settings.redis_url is None:
+            pid = read_pid(ServerPaths.from_settings(settings).pidfile)
+        if pid is not None and not isinstance(exc, redis_py.AuthenticationError):
+            error.fix = (
+                f"the managed server (pid {pid}) runs, but not where credentials.json points "
+                "(was the port changed while it ran?): restart it, `tk redis stop` then "
+                "`tk redis start`"
+            )
+        raise error from None

@@ -194,6 +194,18 @@ def test_readable_aclfile_with_users_fails(tmp_path: Path) -> None:
     assert got["default-user"].status == "ok"
 
 
+def test_aclfile_mode_fix_names_the_file_found(tmp_path: Path) -> None:
+    write(tmp_path / "users.acl", render_acl(PASSWORDS, VERSIONS[0]), mode=0o640)
+    got = audit_text(tmp_path, "aclfile users.acl\n")
+    assert got["acl-file-mode"].fix == f"chmod 600 {tmp_path / 'users.acl'}"  # from anywhere
+
+
+def test_no_passwords_at_all_is_not_called_hashed(tmp_path: Path) -> None:
+    got = audit_text(tmp_path, "bind 0.0.0.0\nprotected-mode no\n")
+    assert got["plaintext-passwords"].status == "skip"
+    assert got["default-user"].status == "fail"
+
+
 def test_app_user_with_all_rights_fails(tmp_path: Path) -> None:
     text = "user default off\nuser admin on >" + "a" * 40 + " ~* +@all\nuser app on >x ~* +@all\n"
     got = audit_text(tmp_path, text)

@@ -352,6 +352,8 @@ class Facts:
     users: list[AclUser] = field(default_factory=list)
     version: ServerVersion | None = None
     file_modes: dict[str, int | None] = field(default_factory=dict)
+    file_paths: dict[str, str] = field(default_factory=dict)
+    """Where a file named by a directive was found (for a fix that works from anywhere)."""
     info: dict[str, Any] | None = None
     process_uid: int | None = None
 
@@ -431,6 +433,17 @@ def _resolve(base: Path | None, value: str | None) -> Path | None:
     return base / path if base is not None else None
 
 
+def _resolve_conf_file(conf_dir: Path, value: str) -> Path:
+    """A file a redis.conf names: a relative path is the server's working directory's (where
+    it is started, usually where the audit runs) when it exists there, else the conf's
+    directory's (how tk writes its confs)."""
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    here = Path.cwd() / path
+    return here if here.exists() else conf_dir / path
+
+
 def _aclfile_users(path: Path) -> list[AclUser]:
     text = confparse.read_text(path)
     users: list[AclUser] = []
@@ -451,9 +464,7 @@ def _conf_users(directives: list[confparse.Directive], conf_dir: Path) -> list[A
     """Users as the server would have them after loading this conf."""
     aclfile = next((d.value for d in reversed(directives) if d.name == "aclfile"), "")
     if aclfile:
-        path = _resolve(conf_dir, aclfile)
-        assert path is not None
-        users = _aclfile_users(path)
+        users = _aclfile_users(_resolve_conf_file(conf_dir, aclfile))
     else:
         users = [AclUser.from_rules(d.args[0], d.args[1:]) for d in directives
                  if d.name == "user" and d.args]  # fmt: skip
@@ -492,9 +503,13 @@ def facts_from_conf(path: Path) -> Facts:
         users=_conf_users(directives, conf_dir),
         version=version,
     )
+    aclfile = facts.get("aclfile")
+    acl_path = _resolve_conf_file(conf_dir, aclfile) if aclfile else None
+    if acl_path is not None:
+        facts.file_paths["aclfile"] = str(acl_path)
     facts.file_modes = {
         "conf": _mode(path),
-        "aclfile": _mode(_resolve(conf_dir, facts.get("aclfile"))),
+        "aclfile": _mode(acl_path),
         "dir": _mode(data_dir),
         "unixsocket": _mode(_resolve(data_dir or conf_dir, facts.get("unixsocket"))),
     }
@@ -819,6 +834,8 @@ def _plaintext(f: Facts) -> Verdict:
     plain = [u.name for u in f.users if any(not p.hashed for p in u.passwords)]
     if plain:
         where.append(f">password for {_names(plain)}")
+    if not where and not any(u.passwords for u in f.users):
+        return "skip", "no passwords set at all (see default-user and the users' rules)", ""
     if not where:
         return "ok", "passwords stored as sha256 hashes", ""
     return (
@@ -1028,7 +1045,8 @@ def _acl_mode(f: Facts) -> Verdict:
     aclfile = f.get("aclfile")
     if not aclfile:
         return "skip", "no aclfile", ""
-    return _file_mode(f.file_modes.get("aclfile"), "aclfile", bool(f.users), aclfile)
+    path = f.file_paths.get("aclfile", aclfile)
+    return _file_mode(f.file_modes.get("aclfile"), "aclfile", bool(f.users), path)
 
 
 @_rule("data-dir-mode", "data directory closed to others", "medium")

@@ -61,6 +61,9 @@ def test_rotate_while_running_loads_the_new_passwords(redis_server: Settings) ->
     with pytest.raises(redis.AuthenticationError):
         stale.ping()
     stale.close()
+    again = run_tk(project, "redis", "harden")  # nothing changes: no "next: tk redis start"
+    assert again.exit_code == 0 and "tk redis start" not in again.output, again.output
+    assert "the server is running with these files" in again.output
     stopped = run_tk(project, "redis", "stop")
     assert stopped.exit_code == 0 and "stopped with SHUTDOWN" in stopped.output
 

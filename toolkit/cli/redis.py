@@ -138,7 +138,16 @@ def harden_cmd(
         for user, pw in out["secrets"].items():
             typer.echo(f"  {user}: {pw}")
     if not result.notes and not any("restart" in w for w in result.warnings):
-        typer.echo("next: tk redis start   (then: tk redis audit)")
+        typer.echo(_next_step(s))
+
+
+def _next_step(s: Any) -> str:
+    """What to run after harden: start the server, or (it runs already) audit it."""
+    from toolkit.redis.server import ServerPaths, read_pid
+
+    if read_pid(ServerPaths.from_settings(s).pidfile) is None:
+        return "next: tk redis start   (then: tk redis audit)"
+    return "the server is running with these files: check it with tk redis audit"
 
 
 @app.command("audit")

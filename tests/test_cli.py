@@ -149,3 +149,19 @@ def test_json_commands_report_errors_as_json_too(project: Path, args: list[str])
     assert err["error"].startswith("cannot reach Redis at redis://127.0.0.1:")
     assert err["exit_code"] == 1 and "tk redis start" in err["fix"]
     assert result.stderr.startswith("tk: error: cannot reach Redis")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["doctor", "--json", "--only", "host", "--skip", "host"],
+        ["up", "--dry-run", "--json", "--workers", "0"],
+    ],
+)
+def test_json_errors_reach_stdout_whatever_the_command_passes_on(
+    project: Path, args: list[str]
+) -> None:
+    result = run_tk(project, *args)
+    assert result.exit_code == 2
+    err = json.loads(result.stdout)
+    assert err["exit_code"] == 2 and err["error"] and result.stderr.startswith("tk: error: ")

@@ -113,6 +113,33 @@ def test_stop_after_an_auth_failure_uses_sigterm(
     assert not alive(pid)
 
 
+def test_stop_does_not_signal_another_projects_redis(project: Path, tmp_path: Path) -> None:
+    kind = first_kind()
+    assert run_tk(
+        project, "redis", "harden", "--server", str(kind.path), "--port", str(free_port())
+    )
+    other_dir = tmp_path / "other-project-data"
+    other_dir.mkdir()
+    other = subprocess.Popen(
+        [str(kind.path), "--port", str(free_port()), "--bind", "127.0.0.1", "--dir", str(other_dir),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)  # it has chdir'd to its --dir
+        pidfile = project / ".tk/run/redis.pid"  # a stale pidfile whose pid it now has
+        pidfile.parent.mkdir(parents=True)
+        pidfile.write_text(str(other.pid))
+        result = run_tk(project, "redis", "stop")
+        assert result.exit_code == 1
+        line = _one_line(result.output)
+        assert f"working in {other_dir.resolve()}, not in this project's" in line, line
+        assert other.poll() is None  # left alone
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_stop_does_not_signal_a_process_that_is_not_redis(project: Path) -> None:
     port = str(free_port())
     kind = first_kind()

@@ -31,7 +31,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except TkError as exc:
-            if kwargs.get("as_json") is True:
+            if _wants_json(func, args, kwargs):
                 print_json({"error": exc.message, "fix": exc.fix, "exit_code": exc.exit_code})
             fail(exc.one_line(), exc.exit_code)
         except KeyboardInterrupt:
@@ -39,6 +39,20 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _wants_json(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether the command was given ``--json`` (its ``as_json`` parameter, by name or
+    position)."""
+    import inspect
+
+    if "as_json" in kwargs:
+        return kwargs["as_json"] is True
+    try:
+        bound = inspect.signature(func).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return False
+    return bound.arguments.get("as_json") is True
 
 
 def not_yet(what: str, issue: str) -> NoReturn:

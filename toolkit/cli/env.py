@@ -301,7 +301,9 @@ def validate_cmd(
         print_json({"prefix": str(prefix), "ok": not bad, "checks": [c.to_dict() for c in checks]})
         raise typer.Exit(1 if bad else 0)
     _print_checks(checks, str(prefix))
-    validate.raise_if_failed(checks, prefix)
+    validate.raise_if_failed(
+        checks, prefix, fix="see the checks above; `tk env create` rebuilds the environment"
+    )
 
 
 @app.command("diff")

@@ -218,8 +218,10 @@ def _last_error(paths: ServerPaths) -> str:
 SERVER_NAMES = ("redis-server", "valkey-server", "redis", "valkey")
 
 
-def _is_redis_process(pid: int) -> str | None:
-    """None when ``pid`` is a redis/valkey server; else what it is (for the error)."""
+def _is_redis_process(pid: int, data_dir: Path) -> str | None:
+    """None when ``pid`` is this project's redis/valkey server; else what it is (for the
+    error). A server works in its ``dir`` (it chdirs there), so another project's server,
+    or one that took over a stale pidfile's pid, has another working directory."""
     import psutil
 
     try:
@@ -229,9 +231,15 @@ def _is_redis_process(pid: int) -> str | None:
             names.append(Path(_exe_of(proc)).name)
     except psutil.Error as exc:
         return f"unknown ({exc})"
-    if any(n.split(" ")[0] in SERVER_NAMES for n in names):
-        return None
-    return names[0]
+    if not any(n.split(" ")[0] in SERVER_NAMES for n in names):
+        return f"{names[0]}, not a redis/valkey server"
+    try:
+        cwd = Path(proc.cwd()).resolve()
+    except psutil.Error:
+        return "a redis/valkey server whose working directory cannot be read"
+    if cwd != data_dir.resolve():
+        return f"a redis/valkey server working in {cwd}, not in this project's {data_dir}"
+    return None
 
 
 def _send_shutdown(settings: Settings) -> str | None:
@@ -268,11 +276,11 @@ def stop(settings: Settings, timeout: float = 30.0) -> str:
     how = "SHUTDOWN"
     why = _send_shutdown(settings)
     if why is not None:
-        what = _is_redis_process(pid)
+        what = _is_redis_process(pid, paths.data_dir)
         if what is not None:
             raise RedisError(
-                f"cannot send SHUTDOWN ({why}), and pid {pid} in {paths.pidfile} is {what}, "
-                "not a redis/valkey server: not signalling it",
+                f"cannot send SHUTDOWN ({why}), and pid {pid} in {paths.pidfile} is {what}: "
+                "not signalling it",
                 fix=f"remove {paths.pidfile} if that server is gone; check the credentials "
                 "in credentials.json",
             )

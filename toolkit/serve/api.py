@@ -748,7 +748,11 @@ def check_port(host: str, port: int) -> None:
             fix="give --host an address of this machine (or serve.host in tk.yaml)",
         ) from None
     for family, kind, proto, _name, addr in addrs:
-        with socket.socket(family, kind, proto) as sock:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:  # an address family this host lacks (IPv6): asyncio skips it too
+            continue
+        with sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

@@ -244,7 +244,10 @@ def harden(
             ) from None
         notes: list[str] = []
         if pid is not None:
-            warnings += _apply_live(admin, pid, old, texts, paths, existing, profile.port, notes)
+            restart = _restart_fix(settings)
+            warnings += _apply_live(
+                admin, pid, old, texts, paths, existing, profile.port, notes, restart
+            )
     finally:
         if admin is not None:
             admin.close()
@@ -279,6 +282,7 @@ def _apply_live(
     existing: credentials.Credentials | None,
     port: int,
     notes: list[str],
+    restart: str = RESTART_FIX,
 ) -> list[str]:
     """Bring the running managed server (pid ``pid``) up to the files just written: a new
     users.acl is loaded with ACL LOAD; other changes need a restart. Returns warnings."""
@@ -295,7 +299,7 @@ def _apply_live(
             warnings.append(
                 f"the running server (pid {pid}) still has the old users and passwords "
                 f"({error}); clients using credentials.json cannot log in until it is "
-                f"restarted: {RESTART_FIX}"
+                f"restarted: {restart}"
             )
         else:
             notes.append(
@@ -309,9 +313,19 @@ def _apply_live(
             what = "it still runs with the old redis.conf"
         warnings.append(
             f"the running server (pid {pid}) needs a restart to apply the new config ({what}); "
-            f"run {RESTART_FIX}"
+            f"run {restart}"
         )
     return warnings
+
+
+def _restart_fix(settings: Settings) -> str:
+    """How to restart the managed server: `tk down` + `tk up` when a stack runs it (its
+    supervisor would restart a server stopped under it), else stop + start."""
+    from toolkit.stack import state
+
+    if state.running(settings.run_dir) is not None:
+        return "`tk down` then `tk up` (the stack runs this server)"
+    return RESTART_FIX
 
 
 def switch_aof_on(client: object, timeout: float = 120.0) -> str | None:

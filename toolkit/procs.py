@@ -14,6 +14,16 @@ from toolkit.errors import TkError
 _SPAWN = 'cd "$1" || exit 97; shift; out=$1; shift; "$@" </dev/null >>"$out" 2>&1 & echo $!'
 
 
+SUPERVISED_ENV = "TK_SUPERVISED"
+"""Set to 1 by `tk up`'s supervisor in its children's environment, so that a child's error
+names fixes that fit a stack (`tk up`'s flags, `tk logs`) rather than its own command's."""
+
+
+def supervised() -> bool:
+    """True in a process `tk up` started (its fixes should name `tk up`'s ways)."""
+    return os.environ.get(SUPERVISED_ENV) == "1"
+
+
 def spawn_detached(argv: list[str], cwd: Path, out: Path, env: dict[str, str] | None = None) -> int:
     """Start ``argv`` as a daemon: its own session, parent init, output appended to ``out``.
 

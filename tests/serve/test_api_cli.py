@@ -25,6 +25,7 @@ import pytest
 
 from tests.helpers import free_port
 from tests.serve.stack import Stack
+from toolkit.errors import PortInUse
 from toolkit.serve import api
 
 PROMPT_S = 8.0
@@ -212,3 +213,15 @@ def test_the_reader_logs_a_lasting_redis_failure_once_and_a_new_one_again(
     warnings = [r.getMessage() for r in caplog.records if "done-stream reader:" in r.getMessage()]
     assert len(warnings) == 2, warnings
     assert "Connection refused" in warnings[0] and "Timeout" in warnings[1], warnings
+
+
+def test_a_taken_port_names_tk_ups_flag_in_a_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    with listening() as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUse) as alone:
+            api.check_port("127.0.0.1", port)
+        monkeypatch.setenv("TK_SUPERVISED", "1")  # what `tk up` sets for its children
+        with pytest.raises(PortInUse) as in_stack:
+            api.check_port("127.0.0.1", port)
+    assert "--port" in str(alone.value.fix) and "--api-port" not in str(alone.value.fix)
+    assert "--api-port (tk up)" in str(in_stack.value.fix)

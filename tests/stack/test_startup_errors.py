@@ -114,6 +114,9 @@ def test_up_quotes_the_newest_error_of_a_real_worker(project: Path) -> None:
             result.output
         )
         assert "OLD PROBLEM" not in result.output and "an old fix" not in result.output
+        # the worker's own fix, worded for a stack: not `tk redis start` (tk up runs Redis)
+        assert "fix: `tk logs redis` says why" in result.output, result.output
+        assert "tk redis start" not in result.output
     finally:
         if (project / ".tk" / "run" / "stack.json").exists():  # it should not have started
             run_tk(project, "down")

@@ -93,15 +93,21 @@ def describe_connection_error(exc: Exception, url: str) -> ServerNotRunning:
     """A one-line, secret-free error for a failed connection."""
     import redis as redis_py
 
+    from toolkit.procs import supervised
+
     text = str(exc).split("\n")[0]
+    in_stack = supervised()  # started by `tk up`: the fix is the stack's
     if isinstance(exc, redis_py.AuthenticationError) or "WRONGPASS" in text:
+        restart = "`tk down` then `tk up`" if in_stack else "`tk redis stop` then `tk redis start`"
         return ServerNotRunning(
             f"Redis at {mask_url(url)} refused the credentials: {text}",
             fix="the passwords in credentials.json (or TK_REDIS_URL/TK_REDIS_PASSWORD) do not "
-            "match the server's; if they were rotated while it ran, restart it: "
-            "`tk redis stop` then `tk redis start`",
+            f"match the server's; if they were rotated while it ran, restart it: {restart}",
         )
-    return ServerNotRunning(
-        f"cannot reach Redis at {mask_url(url)}: {text}",
-        fix="start it with `tk redis start`, or check TK_REDIS_URL",
+    fix = (
+        "`tk logs redis` says why the stack's Redis is down (or check the --redis-url / "
+        "TK_REDIS_URL given to `tk up`)"
+        if in_stack
+        else "start it with `tk redis start`, or check TK_REDIS_URL"
     )
+    return ServerNotRunning(f"cannot reach Redis at {mask_url(url)}: {text}", fix=fix)

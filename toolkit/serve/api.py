@@ -762,6 +762,13 @@ def check_port(host: str, port: int) -> None:
                 raise _bind_error(exc, host, port) from None
 
 
+def _port_flag() -> str:
+    """The flag that picks the API's port: `tk api`'s, or `tk up`'s for an API it started."""
+    from toolkit.procs import supervised
+
+    return "--api-port (tk up)" if supervised() else "--port"
+
+
 def _bind_error(exc: OSError, host: str, port: int) -> TkError:
     where = f"{host}:{port}"
     if exc.errno == errno.EADDRINUSE:
@@ -769,12 +776,12 @@ def _bind_error(exc: OSError, host: str, port: int) -> TkError:
 
         return PortInUse(
             f"API port {port} is already in use on {host}{port_owner(port)}",
-            fix="stop that process or pick another with --port (or serve.port in tk.yaml)",
+            fix=f"stop that process or pick another with {_port_flag()} (or serve.port in tk.yaml)",
         )
     if exc.errno == errno.EACCES:
         return TkError(
             f"cannot listen on {where}: permission denied",
-            fix="use a port above 1023 with --port (or serve.port in tk.yaml)",
+            fix=f"use a port above 1023 with {_port_flag()} (or serve.port in tk.yaml)",
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         return UsageError(
@@ -815,7 +822,7 @@ def serve(cfg: ApiConfig, host: str, port: int, log_level: str = "warning") -> N
     if not server.started:
         raise TkError(
             f"the API did not start on {host}:{port}; the lines above say why",
-            fix="free the port or pick another with --port (or serve.port in tk.yaml)",
+            fix=f"free the port or pick another with {_port_flag()} (or serve.port in tk.yaml)",
         )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.config import Settings
+from toolkit.procs import SUPERVISED_ENV
 from toolkit.redis.urls import mask_url
 
 MAX_DEFAULT_WORKERS = 8
@@ -123,7 +124,7 @@ def build_plan(s: Settings, f: Facts, workers: int | None = None) -> StackPlan:
     else:
         n, why = default_workers(f)
     base = ("-m", "toolkit", "-C", str(s.project_dir))
-    common = {"TK_PROJECT_DIR": str(s.project_dir), "TK_SERVE_WORKERS": str(n)}
+    common = {"TK_PROJECT_DIR": str(s.project_dir), "TK_SERVE_WORKERS": str(n), SUPERVISED_ENV: "1"}
     procs: list[ProcSpec] = []
     if s.redis_url is None:
         conf = s.redis_conf_dir / "redis.conf"

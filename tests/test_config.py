@@ -96,3 +96,20 @@ def test_redis_url_credentials_are_completed_per_role(project: Path) -> None:
     assert connect.resolve_url(named, "tk-api") == "redis://admin:b@10.0.0.5:6380/0"
     full = s.with_flags(redis_url="redis://u:p@10.0.0.5:6380/0")
     assert connect.resolve_url(full, "tk-api") == "redis://u:p@10.0.0.5:6380/0"
+
+
+def test_config_show_gives_the_port_harden_kept(project: Path) -> None:
+    from toolkit.redis import credentials
+
+    conf_dir = project / "redis-conf"
+    conf_dir.mkdir()
+    credentials.save(conf_dir, credentials.Credentials("127.0.0.1", 47312, False, {"admin": "a"}))
+    rows = {r["name"]: r for r in json.loads(run_tk(project, "config", "show", "--json").output)}
+    assert rows["redis_port"]["value"] == 47312  # what the server and the clients use
+    assert rows["redis_port"]["source"].startswith("kept by `tk redis harden` in ")
+    env = {"TK_REDIS_PORT": "6390"}  # a port given by env (or flag, or tk.yaml) wins, as in harden
+    rows = {
+        r["name"]: r
+        for r in json.loads(run_tk(project, "config", "show", "--json", env=env).output)
+    }
+    assert rows["redis_port"]["value"] == 6390

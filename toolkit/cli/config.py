@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,10 +28,14 @@ def show(
          "env": spec.env, "yaml": spec.yaml_key}
         for spec in SPECS
     ]  # fmt: skip
+    values = [s.json_value(spec.name) for spec in SPECS]
+    kept = _kept_redis_port(s)
+    if kept is not None:  # what the server and every client use, not the default
+        i = [spec.name for spec in SPECS].index("redis_port")
+        rows[i].update(value=str(kept[0]), source=kept[1])
+        values[i] = kept[0]
     if as_json:
-        print_json(
-            [dict(r, value=s.json_value(spec.name)) for r, spec in zip(rows, SPECS, strict=True)]
-        )
+        print_json([dict(r, value=v) for r, v in zip(rows, values, strict=True)])
         return
     from rich.table import Table
 
@@ -39,3 +43,23 @@ def show(
     for r in rows:
         table.add_row(r["name"], r["value"], r["source"], f"{r['env']} / {r['yaml'] or '-'}")
     console().print(table)
+
+
+def _kept_redis_port(s: Any) -> tuple[int, str] | None:
+    """The port `tk redis harden` kept in credentials.json when no flag, env var or tk.yaml
+    names one (re-running harden keeps it; clients read it from there), with its source."""
+    from toolkit.errors import TkError
+    from toolkit.redis import credentials
+
+    if s.source("redis_port") != "default":
+        return None
+    try:
+        creds = credentials.load(s.redis_conf_dir)
+    except TkError:  # a damaged file: the commands that use it say so
+        return None
+    if creds is None or creds.port == s.redis_port:
+        return None
+    return (
+        creds.port,
+        f"kept by `tk redis harden` in {credentials.credentials_path(s.redis_conf_dir)}",
+    )

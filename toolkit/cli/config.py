@@ -51,15 +51,11 @@ def _kept_redis_port(s: Any) -> tuple[int, str] | None:
     from toolkit.errors import TkError
     from toolkit.redis import credentials
 
-    if s.source("redis_port") != "default":
-        return None
     try:
         creds = credentials.load(s.redis_conf_dir)
     except TkError:  # a damaged file: the commands that use it say so
         return None
-    if creds is None or creds.port == s.redis_port:
+    port = credentials.kept_port(s, creds)
+    if port is None or port == s.redis_port:
         return None
-    return (
-        creds.port,
-        f"kept by `tk redis harden` in {credentials.credentials_path(s.redis_conf_dir)}",
-    )
+    return port, f"kept by `tk redis harden` in {credentials.credentials_path(s.redis_conf_dir)}"

@@ -10,12 +10,15 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import ConfigError, CredentialsError
 from toolkit.fsutil import atomic_write
 from toolkit.redis import acl
 from toolkit.redis.urls import build_url
+
+if TYPE_CHECKING:
+    from toolkit.config import Settings
 
 CREDENTIALS_FILE = "credentials.json"
 PASSWORD_BYTES = 32  # 256 bits
@@ -86,6 +89,14 @@ def load(conf_dir: Path) -> Credentials | None:
         raise ConfigError(
             f"{path} is damaged", fix="remove it and run `tk redis harden --rotate`"
         ) from None
+
+
+def kept_port(settings: Settings, creds: Credentials | None) -> int | None:
+    """The port `tk redis harden` kept in credentials.json, which the server and every client
+    use, unless a flag, env var or tk.yaml names one (then that wins: None)."""
+    if creds is None or settings.source("redis_port") != "default":
+        return None
+    return creds.port
 
 
 def passwords_for(existing: Credentials | None, rotate: bool) -> dict[str, str]:

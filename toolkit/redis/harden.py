@@ -200,10 +200,11 @@ def harden(
     paths = ServerPaths.from_settings(settings)
     existing = credentials.load(conf_dir) if conf_dir.exists() else None
     kept: list[str] = []
-    if existing is not None and settings.source("redis_port") == "default":
+    port = credentials.kept_port(settings, existing)
+    if port is not None:
         # Re-running keeps the earlier choice of port rather than resetting it to 6379.
-        settings = dataclasses.replace(settings, redis_port=existing.port)
-        kept.append(f"port {existing.port}")
+        settings = dataclasses.replace(settings, redis_port=port)
+        kept.append(f"port {port}")
     prior = Prior.read(paths.conf) if existing is not None else Prior()
     settings, tls, bind, policy_forced, bind_forced, more = _keep_prior(
         settings, prior, tls, no_tls, bind, force

@@ -26,6 +26,7 @@ def gather(s: Settings) -> Facts:
         found = server_for(s, s.redis_conf_dir / "redis.conf")
         server, version = found.path, str(found.version)
     creds = credentials.load(s.redis_conf_dir)
+    kept = credentials.kept_port(s, creds)
     probe = gpu.detect(timeout=5.0)
     return Facts(
         cpu_count=os.cpu_count() or 1,
@@ -39,5 +40,5 @@ def gather(s: Settings) -> Facts:
         redis_version=version,
         conf_exists=(s.redis_conf_dir / "redis.conf").is_file() and creds is not None,
         hostname=socket.gethostname().split(".")[0] or "localhost",
-        redis_port=creds.port if creds and s.source("redis_port") == "default" else s.redis_port,
+        redis_port=s.redis_port if kept is None else kept,
     )

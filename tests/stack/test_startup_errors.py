@@ -13,8 +13,9 @@ import pytest
 from tests.helpers import free_port, run_tk
 from toolkit.config import Settings
 from toolkit.errors import TkError
+from toolkit.stack.logtail import QUOTE_LIMIT, clip
 from toolkit.stack.plan import Facts, ProcSpec, build_plan
-from toolkit.stack.supervisor import QUOTE_LIMIT, Supervisor, clip
+from toolkit.stack.supervisor import Supervisor
 
 
 def _settings(project: Path) -> Settings:

@@ -6,7 +6,6 @@ import contextlib
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from toolkit.config import SPEC_BY_NAME, Settings
@@ -15,6 +14,7 @@ from toolkit.fsutil import ensure_dir
 from toolkit.procs import alive, same_process, spawn_detached, terminate
 from toolkit.stack import state
 from toolkit.stack.hints import tk
+from toolkit.stack.logtail import telling_line
 from toolkit.stack.plan import StackPlan
 
 
@@ -207,23 +207,11 @@ def launch_detached(s: Settings, argv: list[str], timeout: float = 420.0) -> dic
         if data and data.get("supervisor_pid") == pid and data.get("ready"):
             return data
         if not alive(pid):
-            raise TkError(f"the stack did not start: {_last_line(log, mark)}")
+            said, fix = telling_line(log, mark)
+            raise TkError(f"the stack did not start: {said}", fix=fix)
         time.sleep(0.2)
     terminate([pid], timeout=120)
     raise TkError(f"the stack was not ready within {timeout:.0f}s", fix=f"see {log}")
-
-
-def _last_line(log: Path, mark: int) -> str:
-    try:
-        with open(log, "rb") as fh:
-            fh.seek(mark)
-            lines = fh.read().decode(errors="replace").splitlines()
-    except OSError:
-        return "no log"
-    for line in reversed(lines):
-        if "error" in line.lower():
-            return line.strip().removeprefix("tk: error: ")
-    return lines[-1].strip() if lines else "no output"
 
 
 def down(s: Settings, timeout: float = 180.0) -> str:

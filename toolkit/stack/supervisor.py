@@ -23,6 +23,7 @@ from toolkit.errors import TkError
 from toolkit.fsutil import ensure_dir
 from toolkit.procs import started_at
 from toolkit.stack import state
+from toolkit.stack.logtail import telling_line
 from toolkit.stack.plan import ProcSpec, StackPlan
 
 CRASH_LIMIT = 5
@@ -297,41 +298,6 @@ def _take_lock(s: Settings) -> IO[str]:
     return fh
 
 
-QUOTE_LIMIT = 2000
-"""A quoted log line longer than this is cut at a word boundary, with an ellipsis."""
-_ERROR_PREFIX = "tk: error: "
-_MARKERS = ("Error", "error", "FATAL", "Traceback", "Exception")
-
-
-def _tail(c: Child, lines: int = 200) -> tuple[str, str | None]:
-    """The most telling line this run of a child wrote (not an earlier run's: logs are
-    appended to), as (what it said, the fix it named or None).
-
-    tk's own one-line error (``tk: error: ...; fix: ...``) wins; else the newest line that
-    looks like an error; else the last line."""
-    try:
-        with open(c.spec.log, "rb") as fh:
-            fh.seek(c.log_mark)
-            text = fh.read().decode(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return "no log", None
-    text = [line.strip() for line in text if line.strip()]
-    line = next((x for x in reversed(text) if x.startswith(_ERROR_PREFIX)), None)
-    if line is None:
-        line = next((x for x in reversed(text) if any(m in x for m in _MARKERS)), None)
-    if line is None:
-        return (clip(text[-1]), None) if text else ("no output", None)
-    said, sep, fix = line.removeprefix(_ERROR_PREFIX).rpartition("; fix: ")
-    if not sep:
-        return clip(fix), None
-    return clip(said), clip(fix)
-
-
-def clip(line: str, limit: int = QUOTE_LIMIT) -> str:
-    """``line`` whole, or cut at the last word boundary before ``limit`` with " ..."."""
-    if len(line) <= limit:
-        return line
-    cut = line[:limit]
-    if not line[limit].isspace() and " " in cut:
-        cut = cut.rsplit(" ", 1)[0]  # the word running past the limit goes whole
-    return cut.rstrip(" ,;:") + " ..."
+def _tail(c: Child) -> tuple[str, str | None]:
+    """What this run of a child said last that tells why it stopped, and the fix it named."""
+    return telling_line(c.spec.log, c.log_mark)

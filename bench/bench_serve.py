@@ -537,6 +537,11 @@ class Stack:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+QUERY_BUFFERS_SETTLE_S = 3.0
+"""Redis shrinks an idle connection's query buffer (which held the last uploads' bytes)
+within about 2 s; what is left after that is what the waiting tasks hold."""
+
+
 def redis_bytes_per_task(stack: Stack, data: bytes, n: int = 500) -> dict[str, Any]:
     """Before any worker starts: what Redis grows by per waiting task, vs the image's bytes.
 
@@ -555,18 +560,23 @@ def redis_bytes_per_task(stack: Stack, data: bytes, n: int = 500) -> dict[str, A
                 c.post("/predict", content=data, headers={"content-type": "image/jpeg"}).status_code
                 == 202
             )
+    time.sleep(QUERY_BUFFERS_SETTLE_S)
     info = r.info("memory")
     per = (int(info["used_memory"]) - before) / n
     rss_per = (int(info["used_memory_rss"]) - rss_before) / n
     allocator = str(info.get("mem_allocator", "?"))
     marker = int(r.memory_usage("tk:result:" + _any_result_id(r)) or 0)
-    keys = list(r.scan_iter(match="tk:result:*", count=1000))
+    keys = [k for m in ("tk:result:*", "tk:image:*") for k in r.scan_iter(match=m, count=1000)]
     r.delete("tk:tasks", *keys)
     r.close()
-    # The stream entry is one listpack allocation; jemalloc rounds it up to its size class
-    # (4 classes per power of two), which no protocol change can avoid.
-    entry = len(data) + 64
-    rounding = jemalloc_class(entry) - entry if allocator.startswith("jemalloc") else 0
+    # The image is kept in pieces cut to fill jemalloc's size classes (toolkit/queue/pieces.py);
+    # what rounding is left is the last piece's.
+    from toolkit.queue import pieces
+
+    rounding = 0
+    if allocator.startswith("jemalloc"):
+        needs = [pieces.sds_bytes(n) for n in pieces.piece_sizes(len(data))]
+        rounding = sum(pieces.size_class(n) - n for n in needs)
     return {
         "allocator": allocator,
         "image_bytes": len(data),
@@ -584,15 +594,6 @@ def _any_result_id(r: Any) -> str:
     for key in r.scan_iter(match="tk:result:*", count=100):
         return str(key).split(":", 2)[2]
     return ""
-
-
-def jemalloc_class(n: int) -> int:
-    """The size jemalloc really allocates for ``n`` bytes (large classes: 4 per doubling)."""
-    if n <= 16:
-        return 16
-    k = (n - 1).bit_length() - 1
-    step = max(16, 1 << (k - 2))
-    return -(-n // step) * step
 
 
 def print_table(rows: list[dict[str, Any]], cols: list[str]) -> None:

@@ -335,3 +335,36 @@ def test_stop_when_not_running_has_a_fix(project: Path) -> None:
     result = run_tk(project, "redis", "stop")
     assert result.exit_code == 1
     assert "not running" in result.output and "; fix: " in _one_line(result.output)
+
+
+def test_start_brings_an_older_users_acl_up_to_date(project: Path) -> None:
+    """A server hardened by an earlier tk, whose API user could not yet HSET (the image
+    pieces): starting it rewrites users.acl for this tk, passwords kept, and the API can
+    queue again."""
+    kind = first_kind()
+    assert run_tk(
+        project, "redis", "harden", "--server", str(kind.path), "--port", str(free_port())
+    )
+    acl = project / "redis-conf" / "users.acl"
+    current = acl.read_text()
+    older = current.replace(" +hset +hgetall", " +hgetall", 1)
+    assert older != current
+    acl.write_text(older)
+    started = run_tk(project, "redis", "start")
+    assert started.exit_code == 0, started.output
+    try:
+        assert acl.read_text() == current and acl.stat().st_mode & 0o777 == 0o600
+        s = Settings.resolve(flags={"project_dir": project})
+        with connect.client(s, "tk-api") as api:
+            assert api.hset("tk:image:x", "0", "1") == 1
+    finally:
+        run_tk(project, "redis", "stop")
+
+
+def test_a_refused_command_names_harden_not_start(redis_server: Settings) -> None:
+    with connect.client(redis_server, "tk-monitor") as monitor:
+        with pytest.raises(redis.exceptions.NoPermissionError) as info:
+            monitor.hset("tk:image:x", "0", "1")
+    err = connect.describe_connection_error(info.value, "redis://tk-monitor@127.0.0.1:1")
+    assert "refused a command to this user" in err.message and "hset" in err.message
+    assert "tk redis harden" in (err.fix or "") and "start" not in (err.fix or "")

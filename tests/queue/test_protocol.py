@@ -191,3 +191,68 @@ def test_queue_commands(redis_server: Settings, clients: dict[str, Any]) -> None
     assert figures["consumers"][0]["name"] == "w1" and figures["live_workers"] == ["w1"]
     r = run_tk(redis_server.project_dir, "queue", "dlq")
     assert r.exit_code == 0 and "0 dead-letter entries" in r.output
+
+
+def test_waiting_task_costs_its_image_plus_little(
+    redis_server: Settings, clients: dict[str, Any]
+) -> None:
+    """The issue's memory budget: Redis holds a waiting task in at most the image + 2 KB, on
+    every server build (jemalloc rounds a 35 KB value up to 40 KB unless it is cut to fit)."""
+    import io
+
+    import skimage
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(skimage.data.__path__[0] + "/chelsea.png").convert("RGB").save(out, "JPEG")
+    photo = out.getvalue()
+    api, _ = queues(clients)
+    admin = binary_client(redis_server, "admin")
+    for _ in range(20):  # the stream, its first nodes and the key tables exist
+        api.enqueue(photo)
+    before = int(admin.info("memory")["used_memory"])
+    n = 200
+    for _ in range(n):
+        api.enqueue(photo)
+    per_task = (int(admin.info("memory")["used_memory"]) - before) / n
+    allocator = admin.info("memory")["mem_allocator"]
+    admin.close()
+    assert per_task - len(photo) <= 2048, (allocator, len(photo), per_task)
+
+
+def test_image_pieces_live_and_die_with_the_task(clients: dict[str, Any]) -> None:
+    api, worker = queues(clients)
+    photo = bytes(range(256)) * 200  # 51,200 bytes: more than one piece
+    tid = api.enqueue(photo)
+    monitor = clients["tk-monitor"]
+    stored = monitor.hgetall(C.IMAGE_PREFIX + tid)
+    assert len(stored) > 1
+    assert b"".join(stored[str(i).encode()] for i in range(len(stored))) == photo
+    (task,) = worker.claim("w1", count=1, block_ms=100)
+    assert task.image == photo
+    worker.complete("w1", [Outcome(task, "completed", {"top_k": []})])
+    assert monitor.exists(C.IMAGE_PREFIX + tid) == 0  # nothing left behind per task
+
+
+def test_task_without_its_image_is_dead_lettered(
+    redis_server: Settings, clients: dict[str, Any]
+) -> None:
+    api, worker = queues(clients)
+    tid = api.enqueue(b"x" * 100)
+    binary_client(redis_server, "admin").delete(C.IMAGE_PREFIX + tid)
+    assert worker.claim("w1", count=1, block_ms=100) == []
+    res = api.result(tid)
+    assert res is not None and res["status"] == "failed"
+    assert f"image of task {tid} is missing" in res["error"]
+    assert depth(clients["tk-monitor"]).pending == 0
+
+
+def test_entries_with_the_image_inline_still_run(clients: dict[str, Any]) -> None:
+    """Tasks an earlier tk queued (image in the entry) are run after an upgrade."""
+    _, worker = queues(clients)
+    tid = "b" * 32
+    clients["tk-api"].xadd(C.TASK_STREAM, {"id": tid, "img": b"old", "t": 1, "k": 2})
+    (task,) = worker.claim("w1", count=1, block_ms=100)
+    assert (task.task_id, task.image, task.top_k) == (tid, b"old", 2)
+    worker.complete("w1", [Outcome(task, "completed", {"top_k": []})])
+    assert clients["tk-monitor"].xlen(C.TASK_STREAM) == 0

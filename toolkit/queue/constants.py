@@ -22,6 +22,11 @@ DONE_STREAM = KEY_PREFIX + "tasks:done"
 """Notifications the API's long-polls wait on: one entry per completed batch with its task
 ids and their results (so a woken request needs no GET); trimmed."""
 
+IMAGE_PREFIX = KEY_PREFIX + "image:"
+"""``tk:image:<task id>``: a waiting task's image, a hash of its pieces ``0``, ``1``, ... in
+order (cut to fill the allocator's size classes: toolkit/queue/pieces.py). Written with the
+task's entry, deleted with it."""
+
 RESULT_PREFIX = KEY_PREFIX + "result:"
 """``tk:result:<task id>``: the task's status and, once done, its result (JSON)."""
 

@@ -1,25 +1,32 @@
 """The task protocol on Redis Streams: enqueue, claim, complete, reclaim, dead-letter.
 
 One stream (``tk:tasks``) read through one consumer group. A task's entry holds its id, the
-image bytes, the enqueue time and how many labels to return. Life of a task:
+enqueue time, how many labels to return and how many pieces its image is in; the image is in
+``tk:image:<id>``, a hash of pieces cut to fill the allocator's size classes
+(:mod:`toolkit.queue.pieces`: on jemalloc builds one piece would waste up to a fifth of the
+image). Life of a task:
 
-    enqueue   MULTI: XADD tk:tasks + SET tk:result:<id> {"status": "pending"}
-    claim     XREADGROUP GROUP tk-workers <consumer> COUNT n BLOCK ms STREAMS tk:tasks >
-    complete  MULTI: SET tk:result:<id> <result> EX ttl + XACK + XDEL + XADD tk:tasks:done
-              (ids and results, for the API's long-polls)
+    enqueue   MULTI: HSET tk:image:<id> + XADD tk:tasks + SET tk:result:<id> {"status": "pending"}
+    claim     XREADGROUP GROUP tk-workers <consumer> COUNT n BLOCK ms STREAMS tk:tasks >,
+              then HGETALL tk:image:<id> for each (one round trip)
+    complete  MULTI: SET tk:result:<id> <result> EX ttl + XACK + XDEL + DEL tk:image:<id>
+              + XADD tk:tasks:done (ids and results, for the API's long-polls)
     reclaim   XAUTOCLAIM entries idle past the visibility timeout (their worker died)
-    dead      past max_deliveries: XADD tk:tasks:dead (with the reason) + failed result + XACK
+    dead      past max_deliveries: XADD tk:tasks:dead (with the reason and the image) + failed
+              result + XACK + XDEL + DEL tk:image:<id>
 
 Entries are deleted once acked, so the stream only ever holds work not done: it is never
 trimmed, and XLEN = waiting + pending. Delivery is at-least-once: a worker killed between
-storing a result and acking it makes the task run twice, with the same result.
+storing a result and acking it makes the task run twice, with the same result. Entries that
+carry their image inline (``img``: queued by tk before the pieces) are still read.
 
 The sync API here is what workers and tools use; the HTTP API (async) builds the same
-commands from the pure helpers (:func:`task_fields`, :func:`pending_marker`, ...).
+commands from the pure helpers (:func:`task_fields`, :func:`image_fields`, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -29,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import TkError
 from toolkit.queue import constants as C
+from toolkit.queue import pieces
 
 if TYPE_CHECKING:
     from toolkit.config import Settings
@@ -66,6 +74,10 @@ def result_key(task_id: str) -> str:
     return C.RESULT_PREFIX + task_id
 
 
+def image_key(task_id: str) -> str:
+    return C.IMAGE_PREFIX + task_id
+
+
 def heartbeat_key(consumer: str) -> str:
     return C.HEARTBEAT_PREFIX + consumer
 
@@ -74,9 +86,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def task_fields(task_id: str, image: bytes, top_k: int, enqueued_ms: int) -> dict[str, Any]:
-    """The stream entry for one task (a few dozen bytes besides the image)."""
-    return {"id": task_id, "img": image, "t": enqueued_ms, "k": top_k}
+def image_fields(image: bytes) -> dict[str, bytes]:
+    """The hash ``tk:image:<id>`` holds: the image's pieces under "0", "1", ..."""
+    return {str(i): piece for i, piece in enumerate(pieces.split(image))}
+
+
+def task_fields(task_id: str, n_pieces: int, top_k: int, enqueued_ms: int) -> dict[str, Any]:
+    """The stream entry for one task (a few dozen bytes; the image is in its own key)."""
+    return {"id": task_id, "t": enqueued_ms, "k": top_k, "n": n_pieces}
 
 
 def pending_marker(task_id: str, enqueued_ms: int) -> str:
@@ -104,24 +121,43 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def parse_entry(entry_id: Any, fields: Mapping[Any, Any] | None, deliveries: int = 1) -> Task:
-    """A stream entry -> Task; raises QueueError for an entry that is not a task."""
+def parse_entry(
+    entry_id: Any,
+    fields: Mapping[Any, Any] | None,
+    deliveries: int = 1,
+    image: Mapping[Any, Any] | None = None,
+) -> Task:
+    """A stream entry (and its image hash, from HGETALL) -> Task; raises QueueError for an
+    entry that is not a task or whose image is missing."""
     eid = _s(entry_id)
     if not fields:
         raise QueueError(f"stream entry {eid} has no fields (deleted?)")
     f = {_s(k): v for k, v in fields.items()}
     try:
-        image = f["img"]
+        data = f["img"] if "img" in f else join_image(f, image)
         return Task(
             entry_id=eid,
             task_id=_s(f["id"]),
-            image=image if isinstance(image, bytes) else str(image).encode(),
+            image=data if isinstance(data, bytes) else str(data).encode(),
             enqueued_ms=int(_s(f["t"])),
             top_k=int(_s(f.get("k", C.TOP_K))),
             deliveries=deliveries,
         )
     except (KeyError, ValueError) as exc:
         raise QueueError(f"stream entry {eid} is not a task: {exc}") from None
+
+
+def join_image(fields: Mapping[str, Any], image: Mapping[Any, Any] | None) -> bytes:
+    """The image from its hash of pieces; QueueError when it is missing or incomplete."""
+    n = int(_s(fields["n"]))
+    got = {_s(k): v if isinstance(v, bytes) else str(v).encode() for k, v in (image or {}).items()}
+    try:
+        return b"".join(got[str(i)] for i in range(n))
+    except KeyError:
+        raise QueueError(
+            f"the image of task {_s(fields['id'])} is missing from "
+            f"{image_key(_s(fields['id']))} ({len(got)} of {n} pieces)"
+        ) from None
 
 
 @dataclass
@@ -225,9 +261,11 @@ class TaskQueue:
                 raise QueueFull(waiting, max_depth)
         tid = task_id or new_task_id()
         t = now_ms()
+        parts = image_fields(image)
         with self.r.pipeline(transaction=True) as p:
             p.set(result_key(tid), pending_marker(tid, t), ex=self.cfg.pending_ttl_s)
-            p.xadd(self.cfg.stream, task_fields(tid, image, top_k, t))
+            p.hset(image_key(tid), mapping=parts)
+            p.xadd(self.cfg.stream, task_fields(tid, len(parts), top_k, t))
             p.execute()
         return tid
 
@@ -258,21 +296,33 @@ class TaskQueue:
                 raise
             self.ensure_group()
             return []
-        tasks: list[Task] = []
-        for _stream, entries in _stream_entries(reply):
-            for entry_id, fields in entries:
-                tasks.extend(self._parse_or_drop(consumer, entry_id, fields, 1))
-        return tasks
+        entries = [e for _stream, got in _stream_entries(reply) for e in got]
+        return self._parse_or_drop(consumer, [(eid, f, 1) for eid, f in entries])
 
-    def _parse_or_drop(
-        self, consumer: str, entry_id: Any, fields: Any, deliveries: int
-    ) -> list[Task]:
-        try:
-            return [parse_entry(entry_id, fields, deliveries)]
-        except QueueError as exc:
-            # Not a task (or deleted under us): nothing can run it, so it is dead-lettered.
-            self._bury(consumer, _s(entry_id), None, fields or {}, str(exc), deliveries)
-            return []
+    def _images(self, entries: Sequence[tuple[Any, Any, int]]) -> list[Any]:
+        """Each entry's image hash (HGETALL, one round trip for all); None for an entry
+        that carries its image inline or is not a task."""
+        keys = [_image_key_of(fields) for _eid, fields, _n in entries]
+        wanted = [k for k in keys if k is not None]
+        if not wanted:
+            return [None] * len(entries)
+        with self.r.pipeline(transaction=False) as p:
+            for key in wanted:
+                p.hgetall(key)
+            found = iter(p.execute())
+        return [next(found) if k is not None else None for k in keys]
+
+    def _parse_or_drop(self, consumer: str, entries: Sequence[tuple[Any, Any, int]]) -> list[Task]:
+        tasks: list[Task] = []
+        for (entry_id, fields, deliveries), image in zip(
+            entries, self._images(entries), strict=True
+        ):
+            try:
+                tasks.append(parse_entry(entry_id, fields, deliveries, image))
+            except QueueError as exc:
+                # Not a task, or its image is gone: nothing can run it, so it is dead-lettered.
+                self._bury(consumer, _s(entry_id), None, fields or {}, str(exc), deliveries)
+        return tasks
 
     def reclaim(self, consumer: str, count: int) -> list[Task]:
         """Take over entries idle past the visibility timeout; dead-letter the exhausted ones.
@@ -292,7 +342,7 @@ class TaskQueue:
         if not entries:
             return []
         counts = self._delivery_counts(consumer, [_s(e[0]) for e in entries])
-        tasks: list[Task] = []
+        runnable: list[tuple[Any, Any, int]] = []
         for entry_id, fields in entries:
             eid = _s(entry_id)
             deliveries = counts.get(eid, 1)
@@ -307,8 +357,8 @@ class TaskQueue:
                 )
                 self._bury(consumer, eid, None, fields, reason, deliveries - 1)
                 continue
-            tasks.extend(self._parse_or_drop(consumer, entry_id, fields, deliveries))
-        return tasks
+            runnable.append((entry_id, fields, deliveries))
+        return self._parse_or_drop(consumer, runnable)
 
     def _delivery_counts(self, consumer: str, ids: Sequence[str]) -> dict[str, int]:
         rows = self.r.xpending_range(
@@ -347,6 +397,7 @@ class TaskQueue:
                 p.set(result_key(task_id), body, ex=self.cfg.result_ttl_s)
             p.xack(self.cfg.stream, self.cfg.group, *ids)
             p.xdel(self.cfg.stream, *ids)
+            p.delete(*(image_key(tid) for tid, _ in done))
             self._notify(p, done)
             for key, amount in (metrics or {}).items():
                 if isinstance(amount, int):  # counters; floats (sums) stay floats for good
@@ -374,6 +425,10 @@ class TaskQueue:
         f = {_s(k): v for k, v in (fields or {}).items()}
         tid = task_id or (_s(f["id"]) if "id" in f else "")
         dead: dict[str, Any] = dict(f)
+        if "img" not in f and is_task_id(tid):  # the dead letter keeps the image, whole
+            with contextlib.suppress(QueueError, KeyError, ValueError):
+                dead["img"] = join_image(f, self.r.hgetall(image_key(tid)))
+            dead.pop("n", None)
         dead.update(
             {
                 "entry": entry_id,
@@ -395,6 +450,7 @@ class TaskQueue:
                     "finished_ms": now_ms(),
                 }
                 p.set(result_key(tid), json.dumps(failed), ex=self.cfg.result_ttl_s)
+                p.delete(image_key(tid))
                 self._notify(p, [(tid, None)])
             p.xack(self.cfg.stream, self.cfg.group, entry_id)
             p.xdel(self.cfg.stream, entry_id)
@@ -450,6 +506,16 @@ class TaskQueue:
             item["image_bytes"] = str(len(image))
             out.append(item)
         return out
+
+
+def _image_key_of(fields: Mapping[Any, Any] | None) -> str | None:
+    """``tk:image:<id>`` for an entry whose image is in pieces; None otherwise."""
+    if not fields:
+        return None
+    f = {_s(k): v for k, v in fields.items()}
+    if "img" in f or "n" not in f or "id" not in f or not is_task_id(_s(f["id"])):
+        return None
+    return image_key(_s(f["id"]))
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

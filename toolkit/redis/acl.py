@@ -59,7 +59,7 @@ ROLES: tuple[Role, ...] = (
         "the HTTP API: enqueues tasks, reads results",
         (
             "xadd", "xlen", "xpending", "xrange", "xread", "xinfo|stream", "xinfo|groups",
-            "get", "mget", "set", "exists", "ttl", "pttl", "scan", "info", "hgetall",
+            "get", "mget", "set", "exists", "ttl", "pttl", "scan", "info", "hset", "hgetall",
             "multi", "exec", "discard",
         ),
     ),

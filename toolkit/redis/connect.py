@@ -89,6 +89,13 @@ def client(
     )
 
 
+NOPERM_FIX = (
+    "the server's users.acl predates this tk (or was edited): run `tk redis harden` (passwords "
+    "kept; a running server loads the new users.acl), or grant the command on the server the "
+    "URL points at"
+)
+
+
 def describe_connection_error(exc: Exception, url: str) -> ServerNotRunning:
     """A one-line, secret-free error for a failed connection."""
     import redis as redis_py
@@ -103,6 +110,11 @@ def describe_connection_error(exc: Exception, url: str) -> ServerNotRunning:
             f"Redis at {mask_url(url)} refused the credentials: {text}",
             fix="the passwords in credentials.json (or TK_REDIS_URL/TK_REDIS_PASSWORD) do not "
             f"match the server's; if they were rotated while it ran, restart it: {restart}",
+        )
+    if isinstance(exc, redis_py.exceptions.NoPermissionError) or text.startswith("NOPERM"):
+        return ServerNotRunning(
+            f"Redis at {mask_url(url)} refused a command to this user: {text}",
+            fix=NOPERM_FIX,
         )
     fix = (
         "`tk logs redis` says why the stack's Redis is down (or check the --redis-url / "

@@ -112,6 +112,32 @@ def _check_conf_matches(conf: Path, version: ServerVersion, server: binaries.Ser
         )
 
 
+def refresh_acl(settings: Settings, version: ServerVersion) -> Path | None:
+    """Rewrite users.acl when this tk would write it differently for the passwords kept in
+    credentials.json, before the server reads it: an upgrade that gave a role a command it
+    now uses (the API's HSET of image pieces) must not lock that role out of a server
+    hardened by an earlier tk. Returns the file when rewritten; None when it was current or
+    there is nothing tk wrote. redis.conf is left alone (it may hold the user's edits)."""
+    from toolkit.fsutil import atomic_write
+    from toolkit.redis.profile import render_acl
+
+    paths = ServerPaths.from_settings(settings)
+    creds = credentials.load(settings.redis_conf_dir)
+    if creds is None or not paths.aclfile.is_file():
+        return None
+    try:
+        text = render_acl(creds.passwords, version)
+    except KeyError:  # credentials.json lacks a role's password: harden's business
+        return None
+    try:
+        if paths.aclfile.read_text() == text:
+            return None
+    except (OSError, UnicodeDecodeError):
+        return None
+    atomic_write(paths.aclfile, text, mode=0o600)
+    return paths.aclfile
+
+
 def server_for(settings: Settings, conf: Path) -> binaries.ServerBinary:
     """--server / TK_REDIS_SERVER, else the binary the conf was written for, else the usual."""
     if settings.redis_server is None:
@@ -153,6 +179,7 @@ def start(
         )
     for d in (paths.data_dir, paths.pidfile.parent, paths.logfile.parent):
         ensure_dir(d)
+    refresh_acl(settings, server.version)
     argv = [str(server.path), str(paths.conf)]
     if foreground:
         os.execv(argv[0], [*argv, "--logfile", ""])

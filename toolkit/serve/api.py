@@ -31,12 +31,14 @@ from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from toolkit.errors import PortInUse, TkError, UsageError
 from toolkit.queue import constants as C
 from toolkit.queue.protocol import (
     QueueConfig,
+    image_fields,
+    image_key,
     is_task_id,
     new_task_id,
     now_ms,
@@ -45,6 +47,7 @@ from toolkit.queue.protocol import (
     result_key,
     task_fields,
 )
+from toolkit.redis.connect import NOPERM_FIX
 from toolkit.serve import images, metrics
 from toolkit.serve.admission import DepthGate
 from toolkit.serve.groupcommit import GroupCommit
@@ -110,6 +113,9 @@ def error_reply(exc: ApiError | RedisError) -> Reply:
     if isinstance(exc, ApiError):
         return Reply(exc.status, _json({"detail": exc.detail}), exc.headers)
     log.warning("Redis: %s: %s", type(exc).__name__, exc)
+    if isinstance(exc, NoPermissionError):  # retrying will not help: the ACL must change
+        detail = f"Redis refused the API's user a command ({exc}); {NOPERM_FIX}"
+        return Reply(503, _json({"detail": detail}))
     detail = f"Redis unavailable ({type(exc).__name__}: {exc}); retry later"
     return Reply(503, _json({"detail": detail}), {"Retry-After": str(RETRY_AFTER_S)})
 
@@ -256,7 +262,7 @@ class Service:
         self.notifier = Notifier(cfg.client_factory(), cfg.queue.done_stream)
         self.gate = DepthGate(cfg.max_depth)
         self._refresh: asyncio.Task[None] | None = None
-        self._enqueues: GroupCommit[tuple[str, dict[str, Any], str]] = GroupCommit(
+        self._enqueues: GroupCommit[tuple[str, bytes, int, int]] = GroupCommit(
             self._commit_tasks, C.ENQUEUE_GROUP_MAX
         )
 
@@ -307,19 +313,19 @@ class Service:
     async def enqueue(self, image: bytes, top_k: int, task_id: str | None = None) -> str:
         await self.admit()
         tid, t = task_id or new_task_id(), now_ms()
-        await self._enqueues.submit(
-            (tid, task_fields(tid, image, top_k, t), pending_marker(tid, t))
-        )
+        await self._enqueues.submit((tid, image, top_k, t))
         return tid
 
-    async def _commit_tasks(self, tasks: Sequence[tuple[str, dict[str, Any], str]]) -> None:
-        """One transaction for a group of uploads: each one's pending marker and entry."""
+    async def _commit_tasks(self, tasks: Sequence[tuple[str, bytes, int, int]]) -> None:
+        """One transaction for a group of uploads: each one's pending marker, image, entry."""
         q = self.cfg.queue
         try:
             async with self.r.pipeline(transaction=True) as p:
-                for tid, fields, marker in tasks:
-                    p.set(result_key(tid), marker, ex=q.pending_ttl_s)
-                    p.xadd(q.stream, fields)
+                for tid, image, top_k, t in tasks:
+                    parts = image_fields(image)
+                    p.set(result_key(tid), pending_marker(tid, t), ex=q.pending_ttl_s)
+                    p.hset(image_key(tid), mapping=parts)
+                    p.xadd(q.stream, task_fields(tid, len(parts), top_k, t))
                 await p.execute()
         finally:  # a depth read that starts from now on sees these (or they failed)
             self.gate.settle(len(tasks))

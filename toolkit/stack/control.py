@@ -118,6 +118,12 @@ def preflight(s: Settings, plan: StackPlan) -> list[str]:
     for what, port in ports:
         if port_in_use(port, "127.0.0.1" if what == "Redis" else s.serve_host):
             raise _port_taken(s, what, port)
+    if plan.redis_port is not None and not plan.harden_first:
+        from toolkit.redis.server import ServerPaths, refresh_acl, server_for
+
+        version = server_for(s, ServerPaths.from_settings(s).conf).version
+        if (acl := refresh_acl(s, version)) is not None:
+            notes.append(f"rewrote {acl} for this tk's users (passwords kept)")
     return notes
 
 

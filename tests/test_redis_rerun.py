@@ -362,9 +362,11 @@ def test_start_brings_an_older_users_acl_up_to_date(project: Path) -> None:
 
 
 def test_a_refused_command_names_harden_not_start(redis_server: Settings) -> None:
-    with connect.client(redis_server, "tk-monitor") as monitor:
-        with pytest.raises(redis.exceptions.NoPermissionError) as info:
-            monitor.hset("tk:image:x", "0", "1")
+    with (
+        connect.client(redis_server, "tk-monitor") as monitor,
+        pytest.raises(redis.exceptions.NoPermissionError) as info,
+    ):
+        monitor.hset("tk:image:x", "0", "1")
     err = connect.describe_connection_error(info.value, "redis://tk-monitor@127.0.0.1:1")
     assert "refused a command to this user" in err.message and "hset" in err.message
     assert "tk redis harden" in (err.fix or "") and "start" not in (err.fix or "")

@@ -24,7 +24,7 @@ ids and their results (so a woken request needs no GET); trimmed."""
 
 IMAGE_PREFIX = KEY_PREFIX + "image:"
 """``tk:image:<task id>``: a waiting task's image, a hash of its pieces ``0``, ``1``, ... in
-order (cut to fill the allocator's size classes: toolkit/queue/pieces.py). Written with the
+order (cut to fill jemalloc's small size classes: toolkit/queue/pieces.py). Written with the
 task's entry, deleted with it."""
 
 RESULT_PREFIX = KEY_PREFIX + "result:"

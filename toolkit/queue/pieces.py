@@ -2,14 +2,19 @@
 
 Redis keeps a hash field's value as one SDS string: a header (1, 3, 5 or 9 bytes, by
 length), the bytes and a NUL, in one allocation. jemalloc (the allocator of Redis's own
-builds, Debian's and the official images) hands out only fixed size classes, four per power
-of two, so one 35,042-byte photo becomes a 40,960-byte allocation: 5.9 KB lost per waiting
-task, up to a fifth of the image. Pieces whose allocation is exactly a class lose nothing:
-the photo goes in as 32,762 + 2,042 + 238 bytes (allocations of 32,768, 2,048 and 242 -> 256
-bytes). With glibc's malloc (the valkey wheel) the cut costs one small hash field per piece.
+builds, Debian's and the official images) hands out fixed size classes, four per power of
+two, so one 35,042-byte photo becomes a 40,960-byte allocation: 5.9 KB lost per waiting
+task, up to a fifth of the image. And every allocation above its largest *small* class
+(14,336 bytes) is a page-aligned extent that jemalloc places at a random offset within an
+extra page (its default ``cache_oblivious``), so each one also holds one more page of RSS.
+So the pieces are strings whose allocations are exactly small classes: the photo goes in as
+14,330 + 14,330 + 6,138 + 244 bytes (allocations of 14,336, 14,336, 6,144 and 250 -> 256).
+With glibc's malloc (the valkey wheel) the cut costs one small hash field (~50 bytes) per
+piece.
 
-Measured per waiting task on each server build (``bench/bench_serve.py``, BENCHMARKS.md):
-the image + 0.6-0.8 KB, against + 6-10 KB for the image in one piece on jemalloc.
+Measured per waiting task through the API (``bench/bench_serve.py``, BENCHMARKS.md): the
+image + about 1 KB on every build, against + 6.7 KB (RSS + 4.3 KB) for the image in one
+piece on jemalloc.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import bisect
 SLACK = 64
 """A remainder whose own allocation wastes at most this many bytes is not cut further."""
 
-MAX_PIECES = 8
-"""At most this many pieces (the last takes the rest); a few suffice for any image size."""
+SMALL_MAX = 14336
+"""jemalloc's largest small size class with 4 KiB pages; no piece's allocation exceeds it."""
 
 
 def size_class(n: int) -> int:
@@ -72,7 +77,7 @@ def _fillings(limit: int) -> list[int]:
     return out
 
 
-_FILLINGS = _fillings(1 << 31)
+_FILLINGS = _fillings(SMALL_MAX)
 
 
 def _largest_filling(limit: int) -> int:
@@ -82,18 +87,15 @@ def _largest_filling(limit: int) -> int:
 
 
 def piece_sizes(n: int) -> list[int]:
-    """Lengths that add up to ``n``: each a string that fills its size class, greedily the
-    largest, until what is left wastes at most SLACK bytes (or MAX_PIECES is reached)."""
+    """Lengths that add up to ``n``: each a string whose allocation is exactly a small size
+    class, greedily the largest, until what is left fits a small class within SLACK bytes."""
     sizes: list[int] = []
     left = n
     while left > 0:
-        if _waste(left) <= SLACK or len(sizes) == MAX_PIECES - 1:
+        if sds_bytes(left) <= SMALL_MAX and _waste(left) <= SLACK:
             sizes.append(left)
             break
         size = _largest_filling(left)
-        if size <= 0:
-            sizes.append(left)
-            break
         sizes.append(size)
         left -= size
     return sizes

@@ -347,12 +347,13 @@ def test_start_brings_an_older_users_acl_up_to_date(project: Path) -> None:
     )
     acl = project / "redis-conf" / "users.acl"
     current = acl.read_text()
-    older = current.replace(" +hset +hgetall", " +hgetall", 1)
+    older = current.replace(" +hset +expire +hgetall", " +hgetall", 1)  # the API's line
     assert older != current
     acl.write_text(older)
     started = run_tk(project, "redis", "start")
     assert started.exit_code == 0, started.output
     try:
+        assert f"rewrote {acl} for this tk's users (passwords kept)" in started.output
         assert acl.read_text() == current and acl.stat().st_mode & 0o777 == 0o600
         s = Settings.resolve(flags={"project_dir": project})
         with connect.client(s, "tk-api") as api:
@@ -370,3 +371,33 @@ def test_a_refused_command_names_harden_not_start(redis_server: Settings) -> Non
     err = connect.describe_connection_error(info.value, "redis://tk-monitor@127.0.0.1:1")
     assert "refused a command to this user" in err.message and "hset" in err.message
     assert "tk redis harden" in (err.fix or "") and "start" not in (err.fix or "")
+
+
+def test_start_keeps_a_users_acl_the_server_saved(project: Path) -> None:
+    """users.acl rewritten by the server (ACL SAVE, here with a user of the operator's) is
+    left as it is; a command it no longer grants a tk user is refused with a fix."""
+    kind = first_kind()
+    assert run_tk(
+        project, "redis", "harden", "--server", str(kind.path), "--port", str(free_port())
+    )
+    s = Settings.resolve(flags={"project_dir": project})
+    assert run_tk(project, "redis", "start").exit_code == 0
+    try:
+        with connect.client(s, "admin") as admin:
+            admin.acl_setuser("backup", enabled=True, passwords=["+pw-1234"], commands=["+info"])
+            admin.acl_setuser("tk-api", enabled=True, commands=["-hset"])
+            admin.acl_save()
+    finally:
+        run_tk(project, "redis", "stop")
+    saved = (project / "redis-conf" / "users.acl").read_text()
+    started = run_tk(project, "redis", "start")
+    try:
+        assert started.exit_code == 0, started.output
+        assert (project / "redis-conf" / "users.acl").read_text() == saved
+        assert "rewrote" not in started.output
+        with connect.client(s, "admin") as admin:
+            assert "backup" in admin.acl_users()
+        with connect.client(s, "tk-api") as api, pytest.raises(redis.exceptions.NoPermissionError):
+            api.hset("tk:image:x", "0", "1")
+    finally:
+        run_tk(project, "redis", "stop")

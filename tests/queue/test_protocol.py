@@ -256,3 +256,59 @@ def test_entries_with_the_image_inline_still_run(clients: dict[str, Any]) -> Non
     assert (task.task_id, task.image, task.top_k) == (tid, b"old", 2)
     worker.complete("w1", [Outcome(task, "completed", {"top_k": []})])
     assert clients["tk-monitor"].xlen(C.TASK_STREAM) == 0
+
+
+def test_reclaim_racing_a_late_complete_keeps_the_result(
+    redis_server: Settings, clients: dict[str, Any]
+) -> None:
+    """Worker A holds a task past the visibility timeout; B takes it over, and A completes
+    it before B reads the image: B must leave A's result alone (not dead-letter it)."""
+    api, a = queues(clients, visibility_ms=50)
+    b = TaskQueue(binary_client(redis_server, "tk-worker"), QueueConfig(visibility_ms=50))
+    tid = api.enqueue(b"x" * 5000)
+    (task,) = a.claim("A", count=1, block_ms=100)
+    time.sleep(0.1)
+    counts = b._delivery_counts
+
+    def a_completes_meanwhile(*args: Any, **kw: Any) -> dict[str, int]:
+        out = counts(*args, **kw)  # B has XAUTOCLAIMed the entry; A finishes now
+        a.complete("A", [Outcome(task, "completed", {"top_k": [{"index": 7}]})])
+        return out
+
+    b._delivery_counts = a_completes_meanwhile  # type: ignore[method-assign]
+    assert b.reclaim("B", count=10) == []
+    res = api.result(tid)
+    assert res is not None and res["status"] == "completed" and res["top_k"] == [{"index": 7}]
+    d = depth(clients["tk-monitor"])
+    assert (d.waiting, d.pending, d.dead) == (0, 0, 0)
+    b.r.close()
+
+
+def test_duplicate_entry_of_a_done_task_is_dropped(clients: dict[str, Any]) -> None:
+    """An enqueue that ran twice (a retried transaction whose reply was lost) leaves two
+    entries for one task: the second is acked once the first is done, not dead-lettered."""
+    api, worker = queues(clients)
+    tid = api.enqueue(b"y" * 3000)
+    clients["tk-api"].xadd(C.TASK_STREAM, {"id": tid, "t": 1, "k": 5, "n": 1})
+    (first,) = worker.claim("w1", count=1, block_ms=100)
+    worker.complete("w1", [Outcome(first, "completed", {"top_k": []})])
+    assert worker.claim("w1", count=5, block_ms=100) == []  # the duplicate: dropped
+    assert api.result(tid)["status"] == "completed"  # type: ignore[index]
+    d = depth(clients["tk-monitor"])
+    assert (d.waiting, d.pending, d.dead) == (0, 0, 0)
+
+
+def test_image_key_of_the_wrong_type_is_dead_lettered(
+    redis_server: Settings, clients: dict[str, Any]
+) -> None:
+    api, worker = queues(clients)
+    tid = api.enqueue(b"z" * 100)
+    admin = binary_client(redis_server, "admin")
+    admin.delete(C.IMAGE_PREFIX + tid)
+    admin.set(C.IMAGE_PREFIX + tid, "not a hash")
+    admin.close()
+    ok = api.enqueue(b"w" * 100)
+    got = worker.claim("w1", count=5, block_ms=100)  # no exception: the worker keeps going
+    assert [t.task_id for t in got] == [ok]
+    res = api.result(tid)
+    assert res is not None and res["status"] == "failed" and "missing" in res["error"]

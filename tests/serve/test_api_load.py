@@ -57,3 +57,20 @@ def test_redis_gone_gets_503_naming_redis_and_the_api_stays_up(
     assert httpx.get(stack.url + "/readyz", timeout=30).status_code == 503
     assert httpx.get(stack.url + "/healthz", timeout=30).status_code == 200
     assert stack.procs["api"].poll() is None
+
+
+def test_a_refused_enqueue_names_harden_and_keeps_image_bytes_out(
+    make: Callable[..., Stack],
+) -> None:
+    """A server whose ACL no longer lets the API user write image pieces (users.acl saved
+    by hand, say): 503 naming the fix, no retry invitation, no command echo in the detail."""
+    stack = make()
+    stack.start_api()
+    stack.redis("admin").acl_setuser("tk-api", enabled=True, commands=["-hset"])
+    r = stack.post_image(jpeg("chelsea.png"), raw=True)
+    assert r.status_code == 503, r.text
+    detail = r.json()["detail"]
+    assert "refused the API's user a command" in detail and "tk redis harden" in detail
+    assert "retry-after" not in r.headers
+    assert "of pipeline" not in detail and "Command #" not in detail and "((" not in detail
+    assert stack.redis("tk-monitor").xlen(C.TASK_STREAM) == 0  # nothing half-queued

@@ -246,7 +246,8 @@ def start_cmd(
     """
     from toolkit.redis import server as srv
 
-    info = srv.start(settings(redis_server=server), foreground=foreground)
+    notify = None if as_json else (lambda line: typer.echo(line, err=True))
+    info = srv.start(settings(redis_server=server), foreground=foreground, notify=notify)
     if as_json:
         print_json(info)
         return

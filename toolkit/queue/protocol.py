@@ -6,9 +6,13 @@ enqueue time, how many labels to return and how many pieces its image is in; the
 (:mod:`toolkit.queue.pieces`: on jemalloc builds one piece would waste up to a fifth of the
 image). Life of a task:
 
-    enqueue   MULTI: HSET tk:image:<id> + XADD tk:tasks + SET tk:result:<id> {"status": "pending"}
+    enqueue   MULTI: SET tk:result:<id> {"status": "pending"} EX 1 d + HSET tk:image:<id>
+              + EXPIRE 1 d + XADD tk:tasks
     claim     XREADGROUP GROUP tk-workers <consumer> COUNT n BLOCK ms STREAMS tk:tasks >,
-              then HGETALL tk:image:<id> for each (one round trip)
+              then HGETALL tk:image:<id> for each (one round trip); an entry whose image is
+              gone is acked if its task was finished meanwhile (result final, or entry
+              gone: a late complete by the worker it was reclaimed from, a duplicate
+              entry), else dead-lettered
     complete  MULTI: SET tk:result:<id> <result> EX ttl + XACK + XDEL + DEL tk:image:<id>
               + XADD tk:tasks:done (ids and results, for the API's long-polls)
     reclaim   XAUTOCLAIM entries idle past the visibility timeout (their worker died)
@@ -44,6 +48,10 @@ if TYPE_CHECKING:
 
 class QueueError(TkError):
     """A queue operation failed (bad task entry, missing group, ...)."""
+
+
+class ImageMissing(QueueError):
+    """A task's entry whose image hash is gone (finished meanwhile, expired, or deleted)."""
 
 
 class QueueFull(QueueError):
@@ -154,7 +162,7 @@ def join_image(fields: Mapping[str, Any], image: Mapping[Any, Any] | None) -> by
     try:
         return b"".join(got[str(i)] for i in range(n))
     except KeyError:
-        raise QueueError(
+        raise ImageMissing(
             f"the image of task {_s(fields['id'])} is missing from "
             f"{image_key(_s(fields['id']))} ({len(got)} of {n} pieces)"
         ) from None
@@ -265,6 +273,7 @@ class TaskQueue:
         with self.r.pipeline(transaction=True) as p:
             p.set(result_key(tid), pending_marker(tid, t), ex=self.cfg.pending_ttl_s)
             p.hset(image_key(tid), mapping=parts)
+            p.expire(image_key(tid), self.cfg.pending_ttl_s)  # as the marker: nothing leaks
             p.xadd(self.cfg.stream, task_fields(tid, len(parts), top_k, t))
             p.execute()
         return tid
@@ -309,8 +318,10 @@ class TaskQueue:
         with self.r.pipeline(transaction=False) as p:
             for key in wanted:
                 p.hgetall(key)
-            found = iter(p.execute())
-        return [next(found) if k is not None else None for k in keys]
+            # a key of the wrong type reads as a missing image, not as a dead worker
+            found = iter(p.execute(raise_on_error=False))
+        out = [next(found) if k is not None else None for k in keys]
+        return [None if isinstance(x, Exception) else x for x in out]
 
     def _parse_or_drop(self, consumer: str, entries: Sequence[tuple[Any, Any, int]]) -> list[Task]:
         tasks: list[Task] = []
@@ -319,10 +330,37 @@ class TaskQueue:
         ):
             try:
                 tasks.append(parse_entry(entry_id, fields, deliveries, image))
+            except ImageMissing as exc:
+                if not self._finished(_s(entry_id), fields):
+                    self._bury(consumer, _s(entry_id), None, fields, str(exc), deliveries)
             except QueueError as exc:
-                # Not a task, or its image is gone: nothing can run it, so it is dead-lettered.
+                # Not a task: nothing can run it, so it is dead-lettered.
                 self._bury(consumer, _s(entry_id), None, fields or {}, str(exc), deliveries)
         return tasks
+
+    def _finished(self, entry_id: str, fields: Mapping[Any, Any]) -> bool:
+        """For an entry whose image is gone: was the task finished meanwhile? Then the entry
+        is acked (and deleted) and nothing else happens. It was when its result is final
+        (another worker completed it between our claim and our read of the image, or this
+        entry is a duplicate of a task already done) or its entry is gone. Complete and
+        dead-letter write the result, delete the entry and the image in one transaction, so
+        one snapshot of result and entry tells."""
+        tid = _s({_s(k): v for k, v in fields.items()}["id"])
+        with self.r.pipeline(transaction=True) as p:
+            p.get(result_key(tid))
+            p.xrange(self.cfg.stream, entry_id, entry_id)
+            raw, rows = p.execute()
+        try:
+            status = (parse_result(raw) or {}).get("status")
+        except ValueError:
+            status = None
+        if status not in ("completed", "failed") and rows:
+            return False
+        with self.r.pipeline(transaction=True) as p:
+            p.xack(self.cfg.stream, self.cfg.group, entry_id)
+            p.xdel(self.cfg.stream, entry_id)
+            p.execute()
+        return True
 
     def reclaim(self, consumer: str, count: int) -> list[Task]:
         """Take over entries idle past the visibility timeout; dead-letter the exhausted ones.
@@ -425,10 +463,12 @@ class TaskQueue:
         f = {_s(k): v for k, v in (fields or {}).items()}
         tid = task_id or (_s(f["id"]) if "id" in f else "")
         dead: dict[str, Any] = dict(f)
-        if "img" not in f and is_task_id(tid):  # the dead letter keeps the image, whole
-            with contextlib.suppress(QueueError, KeyError, ValueError):
+        if "img" not in f and "n" in f and is_task_id(tid):  # the dead letter keeps the image
+            import redis
+
+            with contextlib.suppress(QueueError, KeyError, ValueError, redis.ResponseError):
                 dead["img"] = join_image(f, self.r.hgetall(image_key(tid)))
-            dead.pop("n", None)
+                del dead["n"]
         dead.update(
             {
                 "entry": entry_id,

@@ -59,7 +59,8 @@ ROLES: tuple[Role, ...] = (
         "the HTTP API: enqueues tasks, reads results",
         (
             "xadd", "xlen", "xpending", "xrange", "xread", "xinfo|stream", "xinfo|groups",
-            "get", "mget", "set", "exists", "ttl", "pttl", "scan", "info", "hset", "hgetall",
+            "get", "mget", "set", "exists", "ttl", "pttl", "scan", "info", "hset", "expire",
+            "hgetall",
             "multi", "exec", "discard",
         ),
     ),
@@ -120,3 +121,30 @@ def default_user_rule() -> str:
     ``default`` may not run the commands inside. Being off, it admits no connection.
     """
     return "user default off resetpass ~* &* +@all"
+
+
+def _rule_parts(line: str) -> tuple[str, list[str], set[str]]:
+    """An ACL file line -> (user, its other tokens in order, its +commands)."""
+    tokens = line.split()
+    user = tokens[1] if len(tokens) > 1 and tokens[0] == "user" else ""
+    return user, [t for t in tokens if not t.startswith("+")], {t for t in tokens if t[0] == "+"}
+
+
+def _rules(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def only_commands_added(old_text: str, new_text: str) -> bool:
+    """Whether ``new_text`` is ``old_text`` with commands added to some users and nothing
+    else changed: then ``old_text`` is what an earlier tk wrote (same users, passwords, keys,
+    line order), and rewriting it loses nothing. A file edited by hand or saved by the
+    server (``ACL SAVE`` writes its own token order) does not qualify."""
+    old, new = _rules(old_text), _rules(new_text)
+    if len(old) != len(new):
+        return False
+    for o, n in zip(old, new, strict=True):
+        ou, orest, ocmds = _rule_parts(o)
+        nu, nrest, ncmds = _rule_parts(n)
+        if ou != nu or orest != nrest or not ocmds <= ncmds:
+            return False
+    return True

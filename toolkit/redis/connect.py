@@ -111,7 +111,7 @@ def describe_connection_error(exc: Exception, url: str) -> ServerNotRunning:
             fix="the passwords in credentials.json (or TK_REDIS_URL/TK_REDIS_PASSWORD) do not "
             f"match the server's; if they were rotated while it ran, restart it: {restart}",
         )
-    if isinstance(exc, redis_py.exceptions.NoPermissionError) or text.startswith("NOPERM"):
+    if isinstance(exc, redis_py.exceptions.NoPermissionError):
         return ServerNotRunning(
             f"Redis at {mask_url(url)} refused a command to this user: {text}",
             fix=NOPERM_FIX,

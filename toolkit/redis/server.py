@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,17 @@ def _check_conf_matches(conf: Path, version: ServerVersion, server: binaries.Ser
 
 
 def refresh_acl(settings: Settings, version: ServerVersion) -> Path | None:
-    """Rewrite users.acl when this tk would write it differently for the passwords kept in
-    credentials.json, before the server reads it: an upgrade that gave a role a command it
-    now uses (the API's HSET of image pieces) must not lock that role out of a server
-    hardened by an earlier tk. Returns the file when rewritten; None when it was current or
-    there is nothing tk wrote. redis.conf is left alone (it may hold the user's edits)."""
+    """Bring users.acl up to this tk's users before the server reads it, for the passwords
+    kept in credentials.json: an upgrade that gave a user a command it now uses (the API's
+    HSET of image pieces) must not lock it out of a server hardened by an earlier tk.
+    Returns the file when it was rewritten.
+
+    Rewritten only when the file is what an earlier tk wrote (this tk's text with fewer
+    commands). A file edited by hand or saved by the server (``ACL SAVE``, which writes
+    categories and its own token order) is left as it is: if it lacks a command tk uses,
+    the refused command's error names `tk redis harden`. redis.conf is never touched."""
     from toolkit.fsutil import atomic_write
+    from toolkit.redis import acl
     from toolkit.redis.profile import render_acl
 
     paths = ServerPaths.from_settings(settings)
@@ -127,15 +133,18 @@ def refresh_acl(settings: Settings, version: ServerVersion) -> Path | None:
         return None
     try:
         text = render_acl(creds.passwords, version)
-    except KeyError:  # credentials.json lacks a role's password: harden's business
+        current = paths.aclfile.read_text()
+    except (KeyError, OSError, UnicodeDecodeError):  # harden's business
         return None
-    try:
-        if paths.aclfile.read_text() == text:
-            return None
-    except (OSError, UnicodeDecodeError):
+    if current == text or not acl.only_commands_added(current, text):
         return None
     atomic_write(paths.aclfile, text, mode=0o600)
     return paths.aclfile
+
+
+def acl_note(path: Path | None) -> list[str]:
+    """What to tell the user about :func:`refresh_acl`'s result."""
+    return [] if path is None else [f"rewrote {path} for this tk's users (passwords kept)"]
 
 
 def server_for(settings: Settings, conf: Path) -> binaries.ServerBinary:
@@ -151,7 +160,11 @@ def server_for(settings: Settings, conf: Path) -> binaries.ServerBinary:
 
 
 def start(
-    settings: Settings, *, foreground: bool = False, wait: float | None = None
+    settings: Settings,
+    *,
+    foreground: bool = False,
+    wait: float | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Start redis-server on the generated config and wait until it answers PING.
 
@@ -179,14 +192,17 @@ def start(
         )
     for d in (paths.data_dir, paths.pidfile.parent, paths.logfile.parent):
         ensure_dir(d)
-    refresh_acl(settings, server.version)
+    acl_notes = acl_note(refresh_acl(settings, server.version))
+    if notify is not None:
+        for note in acl_notes:
+            notify(note)  # before a foreground start replaces this process
     argv = [str(server.path), str(paths.conf)]
     if foreground:
         os.execv(argv[0], [*argv, "--logfile", ""])
     pid = spawn_detached(argv, cwd=paths.data_dir, out=paths.outfile)
     _wait_ready(settings, pid, paths, wait or settings.redis_timeout, server.describe())
     return {"pid": pid, "port": creds.port, "binary": server.describe(),
-            "conf": str(paths.conf), "log": str(paths.logfile)}  # fmt: skip
+            "conf": str(paths.conf), "log": str(paths.logfile), "notes": acl_notes}  # fmt: skip
 
 
 def _wait_ready(

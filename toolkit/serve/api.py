@@ -13,6 +13,7 @@ Long-polls wait on one shared reader of ``tk:tasks:done`` (XREAD BLOCK), not on 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import binascii
@@ -108,15 +109,29 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def _redis_reason(exc: RedisError) -> str:
+    """Redis's own message: redis-py prefixes a pipeline's error with the command (image
+    bytes included; the async pipeline then writes the exception's args as a tuple): only the
+    server's message goes to a client or a log."""
+    text = str(exc.args[0] if exc.args else exc).split(" of pipeline caused error: ", 1)[-1]
+    if text.startswith("(") and text.endswith(")"):  # the async pipeline writes the args tuple
+        with contextlib.suppress(ValueError, SyntaxError):
+            inner = ast.literal_eval(text)
+            if isinstance(inner, tuple) and inner:
+                text = str(inner[0])
+    return text
+
+
 def error_reply(exc: ApiError | RedisError) -> Reply:
     """What a client gets for a refused request (ApiError) or an unreachable Redis (503)."""
     if isinstance(exc, ApiError):
         return Reply(exc.status, _json({"detail": exc.detail}), exc.headers)
-    log.warning("Redis: %s: %s", type(exc).__name__, exc)
+    text = _redis_reason(exc)
+    log.warning("Redis: %s: %s", type(exc).__name__, text)
     if isinstance(exc, NoPermissionError):  # retrying will not help: the ACL must change
-        detail = f"Redis refused the API's user a command ({exc}); {NOPERM_FIX}"
+        detail = f"Redis refused the API's user a command ({text}); {NOPERM_FIX}"
         return Reply(503, _json({"detail": detail}))
-    detail = f"Redis unavailable ({type(exc).__name__}: {exc}); retry later"
+    detail = f"Redis unavailable ({type(exc).__name__}: {text}); retry later"
     return Reply(503, _json({"detail": detail}), {"Retry-After": str(RETRY_AFTER_S)})
 
 
@@ -325,6 +340,7 @@ class Service:
                     parts = image_fields(image)
                     p.set(result_key(tid), pending_marker(tid, t), ex=q.pending_ttl_s)
                     p.hset(image_key(tid), mapping=parts)
+                    p.expire(image_key(tid), q.pending_ttl_s)
                     p.xadd(q.stream, task_fields(tid, len(parts), top_k, t))
                 await p.execute()
         finally:  # a depth read that starts from now on sees these (or they failed)

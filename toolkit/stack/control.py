@@ -119,11 +119,10 @@ def preflight(s: Settings, plan: StackPlan) -> list[str]:
         if port_in_use(port, "127.0.0.1" if what == "Redis" else s.serve_host):
             raise _port_taken(s, what, port)
     if plan.redis_port is not None and not plan.harden_first:
-        from toolkit.redis.server import ServerPaths, refresh_acl, server_for
+        from toolkit.redis.server import ServerPaths, acl_note, refresh_acl, server_for
 
         version = server_for(s, ServerPaths.from_settings(s).conf).version
-        if (acl := refresh_acl(s, version)) is not None:
-            notes.append(f"rewrote {acl} for this tk's users (passwords kept)")
+        notes += acl_note(refresh_acl(s, version))
     return notes
 
 

@@ -430,3 +430,17 @@ def test_missing_conf_or_aclfile_is_a_usage_error(tmp_path: Path) -> None:
         facts_from_conf(write(tmp_path / "redis.conf", "aclfile users.acl\n"))
     with pytest.raises(UsageError, match=re.escape("redis.conf:1")):
         facts_from_conf(write(tmp_path / "redis.conf", 'requirepass "x\n'))
+
+
+def test_an_include_the_audit_cannot_read_fails(tmp_path: Path) -> None:
+    """Redis refuses to start on a missing include, and what it would set is unchecked: the
+    audit says so instead of skipping it silently."""
+    write(tmp_path / "extra.conf", "maxmemory-policy noeviction\n")
+    text = "include extra.conf\ninclude /nowhere/missing.conf\ninclude conf.d/*.conf\n"
+    conf = write(tmp_path / "redis.conf", text)
+    found = by_id(run_rules(facts_from_conf(conf)))["conf-includes"]
+    assert found.status == "fail" and "/nowhere/missing.conf: no such file" in found.found
+    assert f"{conf}:2" in found.found and "extra.conf" not in found.found
+    assert "Redis refuses to start" in found.fix
+    clean = write(tmp_path / "redis.conf", "include extra.conf\n")
+    assert by_id(run_rules(facts_from_conf(clean)))["conf-includes"].status == "ok"

@@ -356,6 +356,8 @@ class Facts:
     """Where a file named by a directive was found (for a fix that works from anywhere)."""
     info: dict[str, Any] | None = None
     process_uid: int | None = None
+    skipped_includes: list[str] = field(default_factory=list)
+    """``include`` lines of a conf that could not be read (the audit did not see them)."""
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The last value of directive ``name`` (single-valued directives: last one wins)."""
@@ -485,7 +487,8 @@ def facts_from_conf(path: Path) -> Facts:
     """
     path = Path(path)
     text = confparse.read_text(path)
-    directives = confparse.load(path)
+    skipped: list[str] = []
+    directives = confparse.load(path, skipped=skipped)
     config: dict[str, list[str]] = {}
     for d in directives:
         config.setdefault(d.name, []).append(_mask_value(d.name, d.args))
@@ -502,6 +505,7 @@ def facts_from_conf(path: Path) -> Facts:
         config=config,
         users=_conf_users(directives, conf_dir),
         version=version,
+        skipped_includes=skipped,
     )
     aclfile = facts.get("aclfile")
     acl_path = _resolve_conf_file(conf_dir, aclfile) if aclfile else None
@@ -1032,6 +1036,20 @@ def _conf_holds_secrets(f: Facts) -> bool:
     if f.get("requirepass") or f.get("masterauth"):
         return True
     return any(t[:1] in ">#" for v in f.config.get("user", []) for t in v.split())
+
+
+@_rule("conf-includes", "every included file read", "medium")
+def _includes(f: Facts) -> Verdict:
+    if f.source != "conf":
+        return "skip", "a live server reports its settings itself", ""
+    if not f.skipped_includes:
+        return "ok", "none skipped", ""
+    return (
+        "fail",
+        _names(f.skipped_includes, limit=2),
+        "fix or remove the include: Redis refuses to start on a missing one, and this audit "
+        "could not check what it sets",
+    )
 
 
 @_rule("conf-file-mode", "redis.conf not open to group/others", "high")

@@ -148,11 +148,17 @@ def _include_targets(base: Path, pattern: str) -> list[Path]:
     return [path] if path.is_file() else []
 
 
-def load(path: Path, _depth: int = 0, _seen: frozenset[Path] = frozenset()) -> list[Directive]:
+def load(
+    path: Path,
+    _depth: int = 0,
+    _seen: frozenset[Path] = frozenset(),
+    skipped: list[str] | None = None,
+) -> list[Directive]:
     """Directives of the file at ``path`` with its includes spliced in (best effort).
 
     Raises UsageError when ``path`` itself cannot be read or has a syntax error; an include
-    that is missing, unreadable, too deep or circular is skipped.
+    that is missing, unreadable, too deep or circular is skipped, and said in ``skipped``
+    (one line each) when a list is given. A pattern that matches no file is not an error.
     """
     text = read_text(path)
     seen = _seen | {path.resolve()}
@@ -161,13 +167,25 @@ def load(path: Path, _depth: int = 0, _seen: frozenset[Path] = frozenset()) -> l
         if d.name != "include" or not d.args:
             out.append(d)
             continue
+        pattern = d.args[0]
+        where = f"{path}:{d.line}" if d.line else str(path)
         if _depth >= MAX_INCLUDE_DEPTH:
+            _note(skipped, f"{where}: include {pattern}: nested too deep, not read")
             continue
-        for target in _include_targets(path.parent, d.args[0]):
+        targets = _include_targets(path.parent, pattern)
+        if not targets and not any(ch in pattern for ch in "*?["):
+            _note(skipped, f"{where}: include {pattern}: no such file")
+        for target in targets:
             if target.resolve() in seen:
+                _note(skipped, f"{where}: include {pattern}: includes itself, not read again")
                 continue
             try:
-                out += load(target, _depth + 1, seen)
-            except UsageError:
-                continue
+                out += load(target, _depth + 1, seen, skipped)
+            except UsageError as exc:
+                _note(skipped, f"{where}: include {pattern}: {exc.message}")
     return out
+
+
+def _note(skipped: list[str] | None, line: str) -> None:
+    if skipped is not None:
+        skipped.append(line)

@@ -401,3 +401,18 @@ def test_start_keeps_a_users_acl_the_server_saved(project: Path) -> None:
             api.hset("tk:image:x", "0", "1")
     finally:
         run_tk(project, "redis", "stop")
+
+
+def test_ping_and_stop_speak_json(redis_server: Settings) -> None:
+    proj = redis_server.project_dir
+    pong = run_tk(proj, "redis", "ping", "--json")
+    assert pong.exit_code == 0, pong.output
+    doc = json.loads(pong.stdout)
+    assert doc["pong"] is True and doc["user"] == "tk-monitor" and doc["ms"] > 0
+    bad = run_tk(proj, "redis", "ping", "--user", "nobody", "--json")
+    assert bad.exit_code == 1 and "no password for Redis user" in json.loads(bad.stdout)["error"]
+    stopped = run_tk(proj, "redis", "stop", "--json")
+    assert stopped.exit_code == 0, stopped.output
+    assert json.loads(stopped.stdout)["stopped"] is True
+    again = run_tk(proj, "redis", "stop", "--json")
+    assert again.exit_code != 0 and "not running" in json.loads(again.stdout)["error"]

@@ -257,11 +257,17 @@ def start_cmd(
 
 @app.command("stop")
 @handle_errors
-def stop_cmd() -> None:
+def stop_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Stop the managed server with SHUTDOWN (the AOF is synced first)."""
     from toolkit.redis import server as srv
 
-    typer.echo(srv.stop(settings()))
+    message = srv.stop(settings())
+    if as_json:
+        print_json({"stopped": True, "message": message})
+    else:
+        typer.echo(message)
 
 
 @app.command("status")
@@ -321,12 +327,16 @@ def status_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
 def ping_cmd(
     user: Annotated[str, typer.Option(help="ACL user to connect as.")] = "tk-monitor",
     url: Annotated[OptStr, typer.Option(help="Ping this server instead.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """PING the server as an ACL user and print the round trip."""
     from toolkit.redis import server as srv
 
     ms = srv.ping(settings(), user=user, url=url)
-    typer.echo(f"PONG ({ms:.2f} ms, as {user})")
+    if as_json:
+        print_json({"pong": True, "ms": round(ms, 3), "user": user})
+    else:
+        typer.echo(f"PONG ({ms:.2f} ms, as {user})")
 
 
 __all__ = ["app", "fail"]

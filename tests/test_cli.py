@@ -165,3 +165,34 @@ def test_json_errors_reach_stdout_whatever_the_command_passes_on(
     assert result.exit_code == 2
     err = json.loads(result.stdout)
     assert err["exit_code"] == 2 and err["error"] and result.stderr.startswith("tk: error: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["queue", "dlq", "--count", "abc", "--json"], "Invalid value for '--count'"),
+        (["doctor", "--json", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_of_json_commands_are_json_too(
+    project: Path, args: list[str], said: str
+) -> None:
+    """Errors Click finds itself (before the command runs) also reach a script as JSON."""
+    tk = Path(sys.executable).parent / "tk"
+    out = subprocess.run(
+        [str(tk), "-C", str(project), *args], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 2
+    err = json.loads(out.stdout)
+    assert said in err["error"] and err["exit_code"] == 2 and "--help" in err["fix"]
+    assert said in out.stderr  # the human message as before
+
+
+def test_json_commands_keep_their_exit_codes(project: Path) -> None:
+    tk = Path(sys.executable).parent / "tk"
+    ok = subprocess.run([str(tk), "-C", str(project), "config", "show", "--json"],
+                        capture_output=True, text=True, check=False)  # fmt: skip
+    assert ok.returncode == 0 and json.loads(ok.stdout)
+    stopped = subprocess.run([str(tk), "-C", str(project), "redis", "status", "--json"],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert stopped.returncode == 1 and json.loads(stopped.stdout)["running"] is False

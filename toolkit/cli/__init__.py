@@ -66,7 +66,7 @@ def root(
 
 def main() -> None:
     try:
-        app()
+        _run(sys.argv[1:])
     except SystemExit as exc:
         if "rattler" in sys.modules:
             # py-rattler's tokio threads may still be finishing a failed download and touch
@@ -87,3 +87,34 @@ def main() -> None:
 
 
 TEARDOWN_GRACE_S = 20.0
+
+
+def _run(argv: list[str]) -> None:
+    """Run the app. With ``--json`` a usage error found by Click itself (an unknown option, a
+    value that is not a number) is also printed as JSON on stdout, like every other error of
+    a ``--json`` command (``{"error", "fix", "exit_code"}``); the usual message still goes to
+    stderr."""
+    if "--json" not in argv:
+        app()
+        return
+    from toolkit.cli._common import print_json
+
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    except typer.TyperException as exc:  # Click's usage errors (Typer vendors Click)
+        code = getattr(exc, "exit_code", 2)
+        ctx = getattr(exc, "ctx", None)
+        fix = f"see `{ctx.command_path} --help`" if ctx is not None else "see `tk --help`"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print_json({"error": message, "fix": fix, "exit_code": code})
+        try:
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
+        except (ImportError, AttributeError, TypeError):
+            typer.echo(f"Error: {message}", err=True)
+        sys.exit(code)
+    sys.exit(rv if isinstance(rv, int) else 0)

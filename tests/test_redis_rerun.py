@@ -416,3 +416,16 @@ def test_ping_and_stop_speak_json(redis_server: Settings) -> None:
     assert json.loads(stopped.stdout)["stopped"] is True
     again = run_tk(proj, "redis", "stop", "--json")
     assert again.exit_code != 0 and "not running" in json.loads(again.stdout)["error"]
+
+
+def test_memory_limit_policy_and_fsync_change_live_without_restart(redis_server: Settings) -> None:
+    proj = redis_server.project_dir
+    pid = _pid(redis_server)
+    result = run_tk(proj, "redis", "harden", "--maxmemory", "64mb", "--durable")
+    assert result.exit_code == 0, result.output
+    assert "took the new maxmemory 64mb, appendfsync always (CONFIG SET)" in result.output
+    assert "restart" not in result.output
+    with connect.client(redis_server, "admin") as admin:
+        assert admin.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
+        assert admin.config_get("appendfsync")["appendfsync"] == "always"
+    assert _pid(redis_server) == pid and "maxmemory 64mb" in _conf(proj)

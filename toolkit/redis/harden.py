@@ -193,8 +193,9 @@ def harden(
 
     Re-running keeps the earlier passwords, port, --durable, maxmemory, maxmemory-policy,
     TLS files and --bind unless they are given again (``no_tls`` drops TLS). With the managed
-    server running, a new users.acl is loaded into it with ACL LOAD; any other change needs a
-    restart, which a warning names.
+    server running, a new users.acl is loaded into it with ACL LOAD, a change of maxmemory,
+    maxmemory-policy or appendfsync alone is applied with CONFIG SET; any other change needs
+    a restart, which a warning names.
     """
     conf_dir = settings.redis_conf_dir
     paths = ServerPaths.from_settings(settings)
@@ -286,7 +287,8 @@ def _apply_live(
     restart: str = RESTART_FIX,
 ) -> list[str]:
     """Bring the running managed server (pid ``pid``) up to the files just written: a new
-    users.acl is loaded with ACL LOAD; other changes need a restart. Returns warnings."""
+    users.acl is loaded with ACL LOAD, changes only to LIVE_SETTABLE directives are applied
+    with CONFIG SET; other changes need a restart. Returns warnings."""
     warnings: list[str] = []
     if old[paths.aclfile] != new[paths.aclfile]:
         error = "it could not be reached with the earlier admin password"
@@ -307,6 +309,21 @@ def _apply_live(
                 f"running server (pid {pid}) loaded the new users.acl with ACL LOAD: the new "
                 "passwords are in effect (connections already open stay logged in)"
             )
+    live = _live_settable_changes(old[paths.conf], new[paths.conf])
+    if live and admin is not None:
+        try:
+            for name, value in live.items():
+                admin.config_set(name, value)
+        except Exception as exc:  # left to the restart the warning below asks for
+            why = str(exc).split("\n")[0]
+            warnings.append(
+                f"the running server (pid {pid}) refused CONFIG SET ({why}); it "
+                f"needs a restart to apply the new config: run {restart}"
+            )
+        else:
+            shown = ", ".join(f"{k} {v}" for k, v in live.items())
+            notes.append(f"running server (pid {pid}) took the new {shown} (CONFIG SET)")
+        return warnings
     if old[paths.conf] != new[paths.conf]:
         if existing is not None and existing.port != port:
             what = f"port {existing.port} -> {port}: it still listens on {existing.port}"
@@ -317,6 +334,29 @@ def _apply_live(
             f"run {restart}"
         )
     return warnings
+
+
+LIVE_SETTABLE = ("maxmemory", "maxmemory-policy", "appendfsync")
+"""Directives a running server takes with CONFIG SET, so that changing only these needs no
+restart."""
+
+
+def _live_settable_changes(old_text: str | bytes | None, new_text: str | bytes) -> dict[str, str]:
+    """The directives that differ between two confs, with their new values, when every one
+    of them is LIVE_SETTABLE; empty when nothing differs or anything else does."""
+    from toolkit.redis.confparse import parse_text
+
+    if old_text is None or isinstance(old_text, bytes) or isinstance(new_text, bytes):
+        return {}
+    old: dict[str, list[tuple[str, ...]]] = {}
+    new: dict[str, list[tuple[str, ...]]] = {}
+    for text, into in ((old_text, old), (new_text, new)):
+        for d in parse_text(text):
+            into.setdefault(d.name, []).append(d.args)
+    changed = {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
+    if not changed or not changed <= set(LIVE_SETTABLE) or not changed <= new.keys():
+        return {}
+    return {name: " ".join(new[name][-1]) for name in LIVE_SETTABLE if name in changed}
 
 
 def _restart_fix(settings: Settings) -> str:

@@ -576,8 +576,7 @@ def redis_bytes_per_task(stack: Stack, data: bytes, n: int = 500) -> dict[str, A
 
     rounding = 0
     if allocator.startswith("jemalloc"):
-        needs = [pieces.sds_bytes(n) for n in pieces.piece_sizes(len(data))]
-        rounding = sum(pieces.size_class(n) - n for n in needs)
+        rounding = sum(pieces.waste(n) for n in pieces.piece_sizes(len(data)))
     return {
         "allocator": allocator,
         "image_bytes": len(data),

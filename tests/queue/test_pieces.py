@@ -23,8 +23,8 @@ def test_pieces_fill_their_classes(n: int) -> None:
     assert sum(sizes) == n and 1 <= len(sizes) <= n // 14330 + 4
     *whole, last = sizes
     for size in whole:  # every piece but the last is an allocation with no room to spare
-        assert P.size_class(P.sds_bytes(size)) == P.sds_bytes(size)
-    assert P.size_class(P.sds_bytes(last)) - P.sds_bytes(last) <= P.SLACK
+        assert P.waste(size) == 0
+    assert P.waste(last) <= P.SLACK
     # none is a "large" allocation (page-aligned, one more page of RSS each on jemalloc)
     assert max(P.sds_bytes(size) for size in sizes) <= P.SMALL_MAX
 
@@ -32,7 +32,7 @@ def test_pieces_fill_their_classes(n: int) -> None:
 def test_the_photo_loses_almost_nothing() -> None:
     # the benchmark's photo: in one piece jemalloc would give it 40,960 bytes (5.9 KB lost)
     assert P.piece_sizes(35042) == [14330, 14330, 6138, 244]
-    wasted = sum(P.size_class(P.sds_bytes(s)) - P.sds_bytes(s) for s in P.piece_sizes(35042))
+    wasted = sum(P.waste(s) for s in P.piece_sizes(35042))
     assert wasted == 8
 
 

@@ -97,7 +97,7 @@ def _run(argv: list[str]) -> None:
     if "--json" not in argv:
         app()
         return
-    from toolkit.cli._common import print_json
+    from toolkit.cli._common import print_json_error
 
     try:
         rv = app(args=argv, standalone_mode=False)
@@ -109,7 +109,7 @@ def _run(argv: list[str]) -> None:
         ctx = getattr(exc, "ctx", None)
         fix = f"see `{ctx.command_path} --help`" if ctx is not None else "see `tk --help`"
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print_json({"error": message, "fix": fix, "exit_code": code})
+        print_json_error(message, fix, code)
         try:
             from typer import rich_utils
 

@@ -32,7 +32,7 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except TkError as exc:
             if _wants_json(func, args, kwargs):
-                print_json({"error": exc.message, "fix": exc.fix, "exit_code": exc.exit_code})
+                print_json_error(exc.message, exc.fix, exc.exit_code)
             fail(exc.one_line(), exc.exit_code)
         except KeyboardInterrupt:
             typer.echo("tk: interrupted", err=True)
@@ -63,6 +63,11 @@ def not_yet(what: str, issue: str) -> NoReturn:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def print_json_error(message: str, fix: str | None, exit_code: int) -> None:
+    """An error as a ``--json`` command prints it on stdout: ``{"error", "fix", "exit_code"}``."""
+    print_json({"error": message, "fix": fix, "exit_code": exit_code})
 
 
 def warn(message: str) -> None:

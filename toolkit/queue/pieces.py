@@ -53,7 +53,8 @@ def sds_bytes(length: int) -> int:
     return header + length + 1
 
 
-def _waste(length: int) -> int:
+def waste(length: int) -> int:
+    """Bytes jemalloc's size class adds to a string of ``length`` bytes (0: a whole class)."""
     need = sds_bytes(length)
     return size_class(need) - need
 
@@ -92,7 +93,7 @@ def piece_sizes(n: int) -> list[int]:
     sizes: list[int] = []
     left = n
     while left > 0:
-        if sds_bytes(left) <= SMALL_MAX and _waste(left) <= SLACK:
+        if sds_bytes(left) <= SMALL_MAX and waste(left) <= SLACK:
             sizes.append(left)
             break
         size = _largest_filling(left)

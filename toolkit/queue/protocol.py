@@ -25,7 +25,7 @@ storing a result and acking it makes the task run twice, with the same result. E
 carry their image inline (``img``: queued by tk before the pieces) are still read.
 
 The sync API here is what workers and tools use; the HTTP API (async) builds the same
-commands from the pure helpers (:func:`task_fields`, :func:`image_fields`, ...).
+commands from the same helpers (:func:`add_enqueue`, :func:`result_key`, ...).
 """
 
 from __future__ import annotations
@@ -102,6 +102,19 @@ def image_fields(image: bytes) -> dict[str, bytes]:
 def task_fields(task_id: str, n_pieces: int, top_k: int, enqueued_ms: int) -> dict[str, Any]:
     """The stream entry for one task (a few dozen bytes; the image is in its own key)."""
     return {"id": task_id, "t": enqueued_ms, "k": top_k, "n": n_pieces}
+
+
+def add_enqueue(
+    p: Any, cfg: QueueConfig, task_id: str, image: bytes, top_k: int, enqueued_ms: int
+) -> None:
+    """Queue one task's enqueue on pipeline ``p`` (sync or asyncio redis-py: the commands are
+    only buffered; run it as a transaction): its pending marker, its image in pieces
+    (expiring with the marker, so nothing leaks) and its stream entry."""
+    parts = image_fields(image)
+    p.set(result_key(task_id), pending_marker(task_id, enqueued_ms), ex=cfg.pending_ttl_s)
+    p.hset(image_key(task_id), mapping=parts)
+    p.expire(image_key(task_id), cfg.pending_ttl_s)
+    p.xadd(cfg.stream, task_fields(task_id, len(parts), top_k, enqueued_ms))
 
 
 def pending_marker(task_id: str, enqueued_ms: int) -> str:
@@ -268,13 +281,8 @@ class TaskQueue:
             if waiting >= max_depth:
                 raise QueueFull(waiting, max_depth)
         tid = task_id or new_task_id()
-        t = now_ms()
-        parts = image_fields(image)
         with self.r.pipeline(transaction=True) as p:
-            p.set(result_key(tid), pending_marker(tid, t), ex=self.cfg.pending_ttl_s)
-            p.hset(image_key(tid), mapping=parts)
-            p.expire(image_key(tid), self.cfg.pending_ttl_s)  # as the marker: nothing leaks
-            p.xadd(self.cfg.stream, task_fields(tid, len(parts), top_k, t))
+            add_enqueue(p, self.cfg, tid, image, top_k, now_ms())
             p.execute()
         return tid
 

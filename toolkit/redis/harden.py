@@ -314,7 +314,7 @@ def _apply_live(
         try:
             for name, value in live.items():
                 admin.config_set(name, value)
-        except Exception as exc:  # left to the restart the warning below asks for
+        except Exception as exc:  # then a restart is what applies it
             why = str(exc).split("\n")[0]
             warnings.append(
                 f"the running server (pid {pid}) refused CONFIG SET ({why}); it "
@@ -348,15 +348,15 @@ def _live_settable_changes(old_text: str | bytes | None, new_text: str | bytes) 
 
     if old_text is None or isinstance(old_text, bytes) or isinstance(new_text, bytes):
         return {}
-    old: dict[str, list[tuple[str, ...]]] = {}
-    new: dict[str, list[tuple[str, ...]]] = {}
+    old: dict[str, list[str]] = {}
+    new: dict[str, list[str]] = {}
     for text, into in ((old_text, old), (new_text, new)):
         for d in parse_text(text):
-            into.setdefault(d.name, []).append(d.args)
+            into.setdefault(d.name, []).append(d.value)
     changed = {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
     if not changed or not changed <= set(LIVE_SETTABLE) or not changed <= new.keys():
         return {}
-    return {name: " ".join(new[name][-1]) for name in LIVE_SETTABLE if name in changed}
+    return {name: new[name][-1] for name in LIVE_SETTABLE if name in changed}
 
 
 def _restart_fix(settings: Settings) -> str:

@@ -38,15 +38,12 @@ from toolkit.errors import PortInUse, TkError, UsageError
 from toolkit.queue import constants as C
 from toolkit.queue.protocol import (
     QueueConfig,
-    image_fields,
-    image_key,
+    add_enqueue,
     is_task_id,
     new_task_id,
     now_ms,
     parse_result,
-    pending_marker,
     result_key,
-    task_fields,
 )
 from toolkit.redis.connect import NOPERM_FIX
 from toolkit.serve import images, metrics
@@ -337,11 +334,7 @@ class Service:
         try:
             async with self.r.pipeline(transaction=True) as p:
                 for tid, image, top_k, t in tasks:
-                    parts = image_fields(image)
-                    p.set(result_key(tid), pending_marker(tid, t), ex=q.pending_ttl_s)
-                    p.hset(image_key(tid), mapping=parts)
-                    p.expire(image_key(tid), q.pending_ttl_s)
-                    p.xadd(q.stream, task_fields(tid, len(parts), top_k, t))
+                    add_enqueue(p, q, tid, image, top_k, t)
                 await p.execute()
         finally:  # a depth read that starts from now on sees these (or they failed)
             self.gate.settle(len(tasks))

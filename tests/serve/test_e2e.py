@@ -15,7 +15,7 @@ import pytest
 
 from tests.serve.stack import SKIMAGE_DATA, Stack, jpeg
 from toolkit.queue import constants as C
-from toolkit.queue.depth import depth
+from toolkit.queue.depth import depth, live_workers
 from toolkit.queue.protocol import QueueConfig, TaskQueue
 
 pytestmark = pytest.mark.slow
@@ -199,14 +199,24 @@ def test_poison_task_is_dead_lettered_and_workers_keep_serving(
     assert C.DEAD_STREAM == "tk:tasks:dead"
 
 
-def test_parallel_decoding_keeps_each_result_with_its_image(make: Callable[..., Stack]) -> None:
+@pytest.mark.parametrize(
+    ("flags", "decoder"),
+    [([], "runner"), (["--decode-threads", "3"], "loader")],
+    ids=["cpu-default-decodes-in-runner", "three-loader-threads"],
+)
+def test_bad_images_fail_alone_and_results_keep_their_images(
+    make: Callable[..., Stack], flags: list[str], decoder: str
+) -> None:
+    """Wherever the worker decodes (on a CPU by default the runner, just before the forward
+    pass; with --decode-threads N the loader, on N threads), an undecodable image fails only
+    its own task and every result stays with its image."""
     stack = make()
     TaskQueue(stack.redis("tk-worker")).ensure_group()
     q = TaskQueue(stack.redis("tk-api"))
     cat, coffee, bad = jpeg("chelsea.png"), jpeg("coffee.png"), b"\xff\xd8\xff not a jpeg"
     mix = [cat, coffee, bad, cat, coffee, cat, bad, coffee]
     ids = [q.enqueue(img) for img in mix]  # all waiting before the worker claims: one batch
-    stack.start_worker("w1", "--decode-threads", "3", "--max-batch", "8", "--forward-batch", "8")
+    stack.start_worker("w1", *flags, "--max-batch", "8", "--forward-batch", "8")
     mon = TaskQueue(stack.redis("tk-monitor"))
     deadline = time.monotonic() + 120
     while True:
@@ -223,3 +233,7 @@ def test_parallel_decoding_keeps_each_result_with_its_image(make: Callable[..., 
             assert label == "failed"
         else:
             assert label in (want_cat if img is cat else want_coffee), labels
+    reasons = {g["error"] for g in got if g["status"] == "failed"}
+    assert reasons == {"not an image in a supported format (JPEG, PNG, WEBP, GIF, BMP)"}, got
+    beat = live_workers(stack.redis("tk-monitor"))["w1"]  # what `tk status --json` shows
+    assert beat["decode_in"] == decoder, beat

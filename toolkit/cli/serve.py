@@ -84,8 +84,9 @@ def worker(
     decode_threads: Annotated[
         OptInt,
         typer.Option(
-            help="Threads decoding a claimed batch's images; 0: on a GPU --threads, on a "
-            "CPU 1 (the cores run the model). \\[default: 0]"
+            help="Threads in the loader decoding a claimed batch's images beside the forward "
+            "pass; 0: on a GPU --threads, on a CPU none (the runner decodes each batch just "
+            "before its forward pass). \\[default: 0]"
         ),
     ] = None,
     max_delay_ms: Annotated[

@@ -2,10 +2,13 @@
 
 Threads in one worker process:
 
-    loader     claims tasks (dynamic batching), reclaims abandoned ones, decodes and
-               preprocesses images; hands one prepared batch at a time to the runner
-    runner     (the main thread) stacks the batch, runs the forward pass under
-               ``torch.inference_mode``, stores results and acks in one transaction
+    loader     claims tasks (dynamic batching), reclaims abandoned ones; on an accelerator
+               also decodes and preprocesses them (on ``decode_threads`` threads, beside
+               the forward pass); hands one batch at a time to the runner
+    runner     (the main thread) on a CPU decodes the batch first (as the in-process
+               ceiling does: no second thread competing for the core mid-pass), stacks
+               it, runs the forward pass under ``torch.inference_mode``, stores results
+               and acks in one transaction
     heartbeat  refreshes ``tk:worker:<name>`` (with a TTL) every couple of seconds
 
 SIGTERM/SIGINT: the loader stops claiming; the runner finishes every batch already claimed;
@@ -54,8 +57,10 @@ class WorkerConfig:
     """Images per forward pass (at most max_batch); 0: on CPU the size measured cheapest per
     image at start-up, on an accelerator max_batch."""
     decode_threads: int = 0
-    """Threads decoding a claimed batch; 0: on an accelerator ``threads``, on CPU 1 (there the
-    cores run the model, and the one loader thread already decodes beside the forward pass)."""
+    """Threads in the loader decoding a claimed batch; 0: on an accelerator ``threads``, on a
+    CPU none: the runner decodes each batch itself, just before its forward pass (the cores
+    run the model; a loader thread decoding beside it only takes turns on the same cores, and
+    costs more: BENCHMARKS.md)."""
     threads: int = 1
     max_pixels: int = C.MAX_IMAGE_PIXELS
     queue: QueueConfig = field(default_factory=QueueConfig)
@@ -96,12 +101,13 @@ class Worker:
         self.stop = threading.Event()
         self.stats = Stats()
         self.model: Any = None
-        self._handoff: stdqueue.Queue[Prepared | None] = stdqueue.Queue(maxsize=1)
+        self._handoff: stdqueue.Queue[Prepared | list[Task] | None] = stdqueue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._sweeps = 0
         self.heap_kept = False
         self.forward_batch = cfg.max_batch
         self.decode_threads = 1
+        self.decode_in_runner = False
         self._decode_pool: ThreadPoolExecutor | None = None
 
     # --- setup ---------------------------------------------------------------------------
@@ -119,11 +125,12 @@ class Worker:
         models.warm_up(self.model, range(1, self.cfg.max_batch + 1))
         self.forward_batch = self._choose_forward_batch()
         self.decode_threads = self._choose_decode_threads()
+        self.decode_in_runner = self.model.on_cpu and not self.cfg.decode_threads
         if self.decode_threads > 1:
             self._decode_pool = ThreadPoolExecutor(self.decode_threads, "tk-decode")
         log.info(
             "worker %s: model %s (%s, %s) on %s, %d thread(s), max_batch %d, forward passes "
-            "of %d, %d decode thread(s), malloc %s, ready in %.1f s",
+            "of %d, decoding %s, malloc %s, ready in %.1f s",
             self.cfg.consumer,
             self.model.name,
             self.model.version,
@@ -132,7 +139,7 @@ class Worker:
             self.cfg.threads,
             self.cfg.max_batch,
             self.forward_batch,
-            self.decode_threads,
+            self.decode_where,
             "heap kept" if self.heap_kept else "default",
             time.monotonic() - t0,
         )
@@ -149,6 +156,12 @@ class Worker:
         timings = models.time_batches(self.model, sizes, rounds=5)
         log.debug("worker %s: CPU s per image by forward size: %s", self.cfg.consumer, timings)
         return pick_forward_batch(timings)
+
+    @property
+    def decode_where(self) -> str:
+        if self.decode_in_runner:
+            return "in the runner"
+        return f"in the loader, {self.decode_threads} thread(s)"
 
     def _choose_decode_threads(self) -> int:
         assert self.model is not None
@@ -185,6 +198,7 @@ class Worker:
             "max_batch": self.cfg.max_batch,
             "forward_batch": self.forward_batch,
             "decode_threads": self.decode_threads,
+            "decode_in": "runner" if self.decode_in_runner else "loader",
             "batches": self.stats.batches,
             "completed": self.stats.completed,
             "failed": self.stats.failed,
@@ -251,8 +265,8 @@ class Worker:
                         )
                 if not tasks:
                     tasks = self.collect()
-                if tasks:
-                    self._handoff.put(self.prepare(tasks))  # waits while the runner is busy
+                if tasks:  # put() waits while the runner is busy
+                    self._handoff.put(tasks if self.decode_in_runner else self.prepare(tasks))
         except BaseException as exc:
             self._error = exc
             self.stop.set()
@@ -325,10 +339,10 @@ class Worker:
             t.start()
         try:
             while True:
-                prep = self._handoff.get()
-                if prep is None:
+                got = self._handoff.get()
+                if got is None:
                     break
-                self.run_batch(prep)
+                self.run_batch(got if isinstance(got, Prepared) else self.prepare(got))
         except Exception as exc:  # Redis gone, a bug: exit non-zero, unacked tasks get reclaimed
             log.exception("worker %s: stopping on error", self.cfg.consumer)
             self._error = exc

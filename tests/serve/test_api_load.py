@@ -4,6 +4,9 @@ HTTP answer (no reset connection), nothing accepted is lost, and the errors name
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import Callable
 
 import httpx
@@ -57,6 +60,35 @@ def test_redis_gone_gets_503_naming_redis_and_the_api_stays_up(
     assert httpx.get(stack.url + "/readyz", timeout=30).status_code == 503
     assert httpx.get(stack.url + "/healthz", timeout=30).status_code == 200
     assert stack.procs["api"].poll() is None
+
+
+def test_a_frozen_redis_gets_503_within_the_redis_timeout_not_a_hung_upload(
+    make: Callable[..., Stack],
+) -> None:
+    """The uploads' group commit reads its replies without redis-py's per-reply timeout (a
+    tenth of the API's CPU per upload); the commit as a whole is bounded instead. Redis
+    stopped dead (SIGSTOP: the connection stays open, nothing answers): the upload still
+    gets its 503 naming Redis after about redis.timeout, and once Redis runs again so do
+    uploads."""
+    stack = make(TK_REDIS_TIMEOUT="1.5")
+    stack.start_api()
+    assert stack.post_image(jpeg("chelsea.png"), raw=True).status_code == 202
+    pid = srv.status(stack.settings)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = stack.post_image(jpeg("chelsea.png"), raw=True)
+        took = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert r.status_code == 503 and "Redis did not answer within 1.5 s" in r.json()["detail"]
+    assert 1.4 < took < 10, took
+    deadline = time.monotonic() + 30
+    while (r := stack.post_image(jpeg("chelsea.png"), raw=True)).status_code != 202:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.2)
+    # the timed-out transaction may still run: Redis reads it once it runs again
+    assert stack.redis("tk-monitor").xlen(C.TASK_STREAM) in (2, 3)
 
 
 def test_a_refused_enqueue_names_harden_and_keeps_image_bytes_out(

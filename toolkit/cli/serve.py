@@ -185,6 +185,8 @@ def api(
     _logging(log_level)
     cfg = ApiConfig(
         client_factory=lambda: async_client(s, "tk-api", C.API_REDIS_CONNECTIONS),
+        commit_client_factory=lambda: async_client(s, "tk-api", 2, reply_timeout=False),
+        redis_timeout=s.redis_timeout,
         queue=QueueConfig.from_settings(s),
         max_depth=s.queue_max_depth,
         max_image_bytes=s.serve_max_image_bytes,

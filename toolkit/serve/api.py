@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from redis.exceptions import NoPermissionError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from toolkit.errors import PortInUse, TkError, UsageError
 from toolkit.queue import constants as C
@@ -49,6 +51,9 @@ from toolkit.redis.connect import NOPERM_FIX
 from toolkit.serve import images, metrics
 from toolkit.serve.admission import DepthGate
 from toolkit.serve.groupcommit import GroupCommit
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from async_timeout import timeout as asyncio_timeout  # type: ignore[import-not-found]
 
 log = logging.getLogger("tk.api")
 
@@ -72,6 +77,11 @@ READ_RETRY_S = 1.0
 @dataclass(frozen=True)
 class ApiConfig:
     client_factory: Callable[[], Any]
+    commit_client_factory: Callable[[], Any] | None = None
+    """The client the uploads' group commit uses (default: one more ``client_factory()``);
+    ``tk api`` gives it one without per-reply timeouts and bounds each commit as a whole by
+    ``redis_timeout``."""
+    redis_timeout: float = 10.0
     queue: QueueConfig = field(default_factory=QueueConfig)
     max_depth: int = C.MAX_QUEUE_DEPTH
     max_image_bytes: int = C.MAX_IMAGE_BYTES
@@ -248,6 +258,22 @@ class _Repeats:
             self.text, self.since = None, 0
 
 
+@contextlib.asynccontextmanager
+async def _within(seconds: float) -> AsyncIterator[None]:
+    """Bound one whole Redis exchange (for a client without per-reply timeouts): past
+    ``seconds`` it is cancelled (redis-py drops the connection) and redis-py's own
+    TimeoutError is raised, so the caller answers 503 naming Redis as for any timeout."""
+    try:
+        if sys.version_info >= (3, 11):
+            async with asyncio.timeout(seconds):
+                yield
+        else:  # pragma: no cover (3.10)
+            async with asyncio_timeout(seconds):
+                yield
+    except asyncio.TimeoutError:
+        raise RedisTimeoutError(f"Redis did not answer within {seconds:g} s") from None
+
+
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -271,6 +297,7 @@ class Service:
     def __init__(self, cfg: ApiConfig) -> None:
         self.cfg = cfg
         self.r: Any = cfg.client_factory()
+        self._commit_r: Any = (cfg.commit_client_factory or cfg.client_factory)()
         self.notifier = Notifier(cfg.client_factory(), cfg.queue.done_stream)
         self.gate = DepthGate(cfg.max_depth)
         self._refresh: asyncio.Task[None] | None = None
@@ -332,7 +359,7 @@ class Service:
         """One transaction for a group of uploads: each one's pending marker, image, entry."""
         q = self.cfg.queue
         try:
-            async with self.r.pipeline(transaction=True) as p:
+            async with _within(self.cfg.redis_timeout), self._commit_r.pipeline(True) as p:
                 for tid, image, top_k, t in tasks:
                     add_enqueue(p, q, tid, image, top_k, t)
                 await p.execute()
@@ -598,7 +625,7 @@ def create_app(cfg: ApiConfig) -> Any:
             yield
         finally:  # bounded: a shutdown that waits on Redis would hang the process
             await svc.notifier.stop()
-            for client in (svc.r, svc.notifier.r):
+            for client in (svc.r, svc._commit_r, svc.notifier.r):
                 try:
                     await asyncio.wait_for(client.aclose(), STOP_S)  # never for ever
                 except Exception as exc:  # asyncio.TimeoutError among them

@@ -115,6 +115,22 @@ def test_reclaim_from_dead_worker_then_dead_letter(clients: dict[str, Any]) -> N
     assert clients["tk-monitor"].hgetall(C.METRICS_KEY)[b"tasks_dead"] == b"1"
 
 
+def test_metrics_written_with_results_or_on_their_own_add_up(clients: dict[str, Any]) -> None:
+    """A busy worker writes its metrics with some batches' results and the rest on their own
+    at shutdown (``add_metrics``), as the worker user: together they add up."""
+    api, worker = queues(clients)
+    tid = api.enqueue(b"img")
+    (task,) = worker.claim("w1", count=1, block_ms=100)
+    worker.complete("w1", [Outcome(task, "completed", {"top_k": []})],
+                    {"tasks_completed": 1, "tk_model_latency_seconds:sum": 0.25})  # fmt: skip
+    worker.add_metrics({"tasks_completed": 2, "tk_model_latency_seconds:sum": 0.5})
+    worker.add_metrics({})  # nothing to write: no round trip, no error
+    stored = clients["tk-monitor"].hgetall(C.METRICS_KEY)
+    assert stored[b"tasks_completed"] == b"3"
+    assert float(stored[b"tk_model_latency_seconds:sum"]) == 0.75
+    assert api.result(tid)["status"] == "completed"  # type: ignore[index]
+
+
 def test_reclaimed_task_completes_once_acked(clients: dict[str, Any]) -> None:
     api, worker = queues(clients, visibility_ms=50)
     tid = api.enqueue(b"img")

@@ -95,6 +95,32 @@ def test_depth_gate_never_admits_past_the_limit() -> None:
     assert gate.estimate == 1
 
 
+def test_metrics_of_several_batches_add_up_to_what_each_would_have_written() -> None:
+    first = metrics.batch_increments(3, 1, 0.02, [0.04, 0.2, 0.2, 100.0])
+    second = metrics.batch_increments(2, 0, 1.0, [0.2, 3.0])
+    unwritten: dict[str, float] = {}
+    metrics.merge(unwritten, first)
+    metrics.merge(unwritten, second)
+    assert unwritten["tasks_completed"] == 5 and unwritten["tasks_failed"] == 1
+    assert unwritten["batches"] == 2 and unwritten["tk_task_latency_seconds:0.25"] == 3
+    assert unwritten["tk_model_latency_seconds:sum"] == pytest.approx(1.02)
+    # a field keeps its type: HINCRBY for counters, HINCRBYFLOAT for sums, never both
+    assert all(isinstance(v, float) == k.endswith(":sum") for k, v in unwritten.items()), unwritten
+
+
+def test_a_busy_worker_writes_metrics_once_a_second_an_idle_one_with_each_batch() -> None:
+    from toolkit.queue import constants as C
+    from toolkit.serve.worker import Worker, WorkerConfig
+
+    w = Worker(WorkerConfig("w1"), client_factory=lambda: None)
+    assert w._metrics_due()  # nothing in hand: this batch may be the last for a while
+    w._handoff.put([])  # the next batch is already claimed
+    assert not w._metrics_due()
+    w._metrics_at -= C.METRICS_FLUSH_S
+    assert w._metrics_due()  # but never more than METRICS_FLUSH_S behind
+    assert not w._metrics_due()
+
+
 def test_threads_do_not_oversubscribe() -> None:
     assert default_threads(workers=2, cpus=2) == 1
     assert default_threads(workers=1, cpus=16) == 16

@@ -35,6 +35,10 @@ HEARTBEAT_PREFIX = KEY_PREFIX + "worker:"
 
 METRICS_KEY = KEY_PREFIX + "metrics"
 """A hash of counters and histogram buckets the workers add to and the API exports."""
+METRICS_FLUSH_S = 1.0
+"""A worker with its next batch already in hand writes its metrics with a batch's results
+at most this often (13-odd HINCRBYs per batch were as many commands as the rest of the
+transaction); one about to go idle writes them with every batch."""
 
 # --- TTLs and timing -----------------------------------------------------------------------
 RESULT_TTL_S = 3600

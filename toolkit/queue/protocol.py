@@ -445,12 +445,15 @@ class TaskQueue:
             p.xdel(self.cfg.stream, *ids)
             p.delete(*(image_key(tid) for tid, _ in done))
             self._notify(p, done)
-            for key, amount in (metrics or {}).items():
-                if isinstance(amount, int):  # counters; floats (sums) stay floats for good
-                    p.hincrby(C.METRICS_KEY, key, amount)
-                else:
-                    p.hincrbyfloat(C.METRICS_KEY, key, amount)
+            _add_metrics(p, metrics or {})
             p.execute()
+
+    def add_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Write increments to the shared metrics hash on their own (no results with them)."""
+        if metrics:
+            with self.r.pipeline(transaction=True) as p:
+                _add_metrics(p, metrics)
+                p.execute()
 
     def _notify(self, p: Any, done: Sequence[tuple[str, str | None]]) -> None:
         """One done-stream entry: ``ids`` (comma-separated) and each result under its task id
@@ -554,6 +557,14 @@ class TaskQueue:
             item["image_bytes"] = str(len(image))
             out.append(item)
         return out
+
+
+def _add_metrics(p: Any, metrics: Mapping[str, float]) -> None:
+    for key, amount in metrics.items():
+        if isinstance(amount, int):  # counters; floats (sums) stay floats for good
+            p.hincrby(C.METRICS_KEY, key, amount)
+        else:
+            p.hincrbyfloat(C.METRICS_KEY, key, amount)
 
 
 def _image_key_of(fields: Mapping[Any, Any] | None) -> str | None:

@@ -68,6 +68,13 @@ def batch_increments(
     return {k: v for k, v in inc.items() if v or isinstance(v, float)}
 
 
+def merge(into: dict[str, float], inc: Mapping[str, float]) -> None:
+    """Add one batch's increments to ``into`` (increments not written yet): counters stay
+    ints, sums stay floats, so each field keeps the type it is written with."""
+    for key, amount in inc.items():
+        into[key] = into.get(key, 0) + amount
+
+
 def _num(raw: Any) -> float:
     return float(raw.decode() if isinstance(raw, bytes) else raw)
 

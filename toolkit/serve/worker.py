@@ -109,6 +109,8 @@ class Worker:
         self.decode_threads = 1
         self.decode_in_runner = False
         self._decode_pool: ThreadPoolExecutor | None = None
+        self._unwritten: dict[str, float] = {}  # metric increments not in Redis yet
+        self._metrics_at = time.monotonic()
 
     # --- setup ---------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -309,10 +311,24 @@ class Worker:
         ok = sum(o.status == "completed" for o in outcomes)
         latencies = [(done - o.task.enqueued_ms) / 1000 for o in outcomes]
         inc = metrics.batch_increments(ok, len(outcomes) - ok, model_s, latencies)
-        self.queue.complete(self.cfg.consumer, outcomes, inc)
+        metrics.merge(self._unwritten, inc)
+        due = self._metrics_due()
+        self.queue.complete(self.cfg.consumer, outcomes, self._unwritten if due else None)
+        if due:
+            self._unwritten = {}
         self.stats.batches += 1
         self.stats.completed += ok
         self.stats.failed += len(outcomes) - ok
+
+    def _metrics_due(self) -> bool:
+        """Whether this batch's transaction also writes the metrics gathered so far: always
+        when no next batch is in hand (the worker may go idle, and then its figures never
+        lag its results), else at most every METRICS_FLUSH_S."""
+        now = time.monotonic()
+        if self._handoff.empty() or now - self._metrics_at >= C.METRICS_FLUSH_S:
+            self._metrics_at = now
+            return True
+        return False
 
     def _result(self, row: list[Any], task: Task, model_s: float, n: int) -> dict[str, Any]:
         assert self.model is not None
@@ -355,6 +371,10 @@ class Worker:
     def _finish(self) -> int:
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=True)
+        try:
+            self.queue.add_metrics(self._unwritten)
+        except Exception as exc:  # Redis gone: the figures of the last second are lost
+            log.warning("worker %s: metrics not written: %s", self.cfg.consumer, exc)
         self.queue.clear_heartbeat(self.cfg.consumer)
         self.queue.forget(self.cfg.consumer)
         log.info(

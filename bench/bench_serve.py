@@ -618,9 +618,11 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-batch", type=int, default=4)
+    ap.add_argument("--max-batch", type=int, default=8, help="the workers' default")
     ap.add_argument("--forward-batch", type=int, default=0, help="0: the worker measures")
-    ap.add_argument("--decode-threads", type=int, default=0, help="0: GPU --threads, CPU: the runner decodes")
+    ap.add_argument(
+        "--decode-threads", type=int, default=0, help="0: GPU --threads, CPU: the runner decodes"
+    )
     ap.add_argument("--max-delay-ms", type=int, default=5)
     ap.add_argument("--batches", default="1,2,4,8", help="ceiling batch-size sweep")
     ap.add_argument("--skip-ceiling", action="store_true")

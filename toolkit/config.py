@@ -183,7 +183,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "env_cache_dir": None,
         "serve_model": "efficientnet-lite0",
         "serve_device": "auto",
-        "serve_max_batch": 4,
+        "serve_max_batch": 8,
         "serve_forward_batch": 0,
         "serve_decode_threads": 0,
         "serve_max_delay_ms": 5,

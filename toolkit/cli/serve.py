@@ -72,7 +72,7 @@ def worker(
         OptStr, typer.Option(help="auto, cpu, cuda, cuda:N. \\[default: auto]")
     ] = None,
     max_batch: Annotated[
-        OptInt, typer.Option(help="Tasks claimed and completed together. \\[default: 4]")
+        OptInt, typer.Option(help="Tasks claimed and completed together. \\[default: 8]")
     ] = None,
     forward_batch: Annotated[
         OptInt,

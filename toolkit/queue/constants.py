@@ -69,8 +69,11 @@ DEAD_STREAM_MAXLEN = 100_000
 MAX_QUEUE_DEPTH = 1000
 """Waiting tasks above which the API answers 503 and enqueues nothing."""
 
-MAX_BATCH = 4
-"""Tasks one forward pass takes at most (batches above 8 are slower on CPU)."""
+MAX_BATCH = 8
+"""Tasks a worker claims (and completes) together at most; on a CPU its forward passes are
+sized apart (``serve.forward_batch``: 2-3 images measure cheapest). 8 rather than 4: half
+the claims, completes and wake-ups per image; alternated in one stack beside the ceiling,
+0.937 vs 0.907 of it, 5 rounds of 6 (16: 0.933, the same, with more tasks held per worker)."""
 
 MAX_DELAY_MS = 5
 """How long a worker waits to fill a batch once it holds one task."""

@@ -124,8 +124,9 @@ class Worker:
         torch.set_num_threads(self.cfg.threads)
         t0 = time.monotonic()
         self.model = models.load(self.cfg.model, self.cfg.device, self.cfg.optimize)
-        models.warm_up(self.model, range(1, self.cfg.max_batch + 1))
-        self.forward_batch = self._choose_forward_batch()
+        self.forward_batch = self._choose_forward_batch()  # on a CPU this times a few sizes
+        # every size a forward pass can have: a claimed batch runs as passes of at most this
+        models.warm_up(self.model, range(1, self.forward_batch + 1))
         self.decode_threads = self._choose_decode_threads()
         self.decode_in_runner = self.model.on_cpu and not self.cfg.decode_threads
         if self.decode_threads > 1:

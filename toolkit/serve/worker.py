@@ -39,7 +39,18 @@ from toolkit.serve.images import ImageRejected, load_rgb
 log = logging.getLogger("tk.worker")
 
 FORWARD_CANDIDATES = (1, 2, 3, 4, 6, 8)
-"""Forward-pass sizes a CPU worker times at start-up (larger ones rarely pay on a CPU)."""
+"""Forward-pass sizes a CPU worker with several threads times at start-up."""
+
+SINGLE_THREAD_CANDIDATES = (1, 2, 3, 4)
+"""... and one with a single thread: there passes above 4 only cost more per image (the
+ceiling here: batch 8 at 0.88 x batch 2), and timing them at start-up would leave the
+worker's kept heap (toolkit/serve/malloc.py) 80-90 MB larger for good."""
+
+FORWARD_TOLERANCE = 0.02
+"""The smallest timed size within this fraction of the cheapest is kept: at start-up one
+worker times alone, and the sizes within a couple of % of each other then (2, 3, 4) are
+not equal once every core is busy: 4 costs 5-7 % more per image than 2 (its activations
+spill out of the caches the other processes share), 1 costs 5-7 % more either way."""
 
 
 def default_consumer_name() -> str:
@@ -155,10 +166,11 @@ class Worker:
             return min(self.cfg.forward_batch, self.cfg.max_batch)
         if not self.model.on_cpu:
             return self.cfg.max_batch  # accelerators: the bigger the pass, the better
-        sizes = [n for n in FORWARD_CANDIDATES if n <= self.cfg.max_batch]
+        candidates = SINGLE_THREAD_CANDIDATES if self.cfg.threads == 1 else FORWARD_CANDIDATES
+        sizes = [n for n in candidates if n <= self.cfg.max_batch]
         timings = models.time_batches(self.model, sizes, rounds=5)
         log.debug("worker %s: CPU s per image by forward size: %s", self.cfg.consumer, timings)
-        return pick_forward_batch(timings)
+        return pick_forward_batch(timings, FORWARD_TOLERANCE)
 
     @property
     def decode_where(self) -> str:

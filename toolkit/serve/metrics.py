@@ -29,7 +29,7 @@ HISTOGRAMS = (
     Histogram(
         "tk_model_latency_seconds", "preprocess stack + forward pass, per batch", MODEL_BUCKETS
     ),
-    Histogram("tk_batch_size", "tasks per forward pass", BATCH_BUCKETS),
+    Histogram("tk_batch_size", "tasks per batch a worker claimed and ran", BATCH_BUCKETS),
 )
 E2E, MODEL, BATCH = HISTOGRAMS
 
@@ -37,7 +37,7 @@ COUNTERS = {
     "tasks_completed": "tasks that produced a result",
     "tasks_failed": "tasks that failed (bad image, model error)",
     "tasks_dead": "tasks moved to the dead-letter stream",
-    "batches": "forward passes run",
+    "batches": "batches run (each claimed together, run in one or more forward passes)",
 }
 
 
@@ -96,7 +96,7 @@ def _render_lines(
     yield "# TYPE tk_tasks_total counter"
     for outcome in ("completed", "failed", "dead"):
         yield f'tk_tasks_total{{outcome="{outcome}"}} {values.get("tasks_" + outcome, 0):g}'
-    yield "# HELP tk_batches_total forward passes run"
+    yield f"# HELP tk_batches_total {COUNTERS['batches']}"
     yield "# TYPE tk_batches_total counter"
     yield f"tk_batches_total {values.get('batches', 0):g}"
     for h in HISTOGRAMS:

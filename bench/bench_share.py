@@ -41,9 +41,12 @@ def _cpu(pid: int) -> float:
 
 
 def _completed(stack: bs.Stack) -> int:
+    """Tasks acked so far: entries the group has read minus those still pending (Redis 7+).
+    Not the tasks_completed metric: a busy worker writes that at most once a second."""
     from toolkit.queue import constants as C
 
-    return int(stack.admin().hget(C.METRICS_KEY, "tasks_completed") or 0)
+    group = next(g for g in stack.admin().xinfo_groups(C.TASK_STREAM) if g["name"] == C.GROUP)
+    return int(group["entries-read"]) - int(group["pending"])
 
 
 def _ms_per_image(cpu_s: float, rate: float, seconds: float) -> float:

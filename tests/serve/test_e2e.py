@@ -201,7 +201,7 @@ def test_poison_task_is_dead_lettered_and_workers_keep_serving(
 
 @pytest.mark.parametrize(
     ("flags", "decoder"),
-    [([], "runner"), (["--decode-threads", "3"], "loader")],
+    [(["--device", "cpu"], "runner"), (["--decode-threads", "3"], "loader")],
     ids=["cpu-default-decodes-in-runner", "three-loader-threads"],
 )
 def test_bad_images_fail_alone_and_results_keep_their_images(

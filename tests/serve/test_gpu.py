@@ -27,6 +27,7 @@ def test_worker_on_cuda_labels_photos_in_whole_batch_passes(make: Callable[..., 
     assert beat["device"].startswith("cuda"), beat
     assert beat["forward_batch"] == 16, beat  # a GPU takes the whole claimed batch at once
     assert beat["decode_threads"] == beat["threads"], beat  # the CPU cores decode
+    assert beat["decode_in"] == "loader", beat  # beside the GPU's forward passes
 
     images = [str(SKIMAGE_DATA / "chelsea.png"), str(SKIMAGE_DATA / "coffee.png")]
     proc = stack.submit(*images)

@@ -78,6 +78,9 @@ def test_a_worker_takes_the_smaller_pass_when_the_timings_nearly_tie() -> None:
     assert pick_forward_batch(timings, FORWARD_TOLERANCE) == 2
     timings[2] = [0.0155]  # 2 clearly dearer: 3 it is; 1 stays out at +8 %
     assert pick_forward_batch(timings, FORWARD_TOLERANCE) == 3
+    # 1 within the tolerance is still not taken (it costs ~5 % more once the cores are busy)
+    assert pick_forward_batch({1: [0.01490], 2: [0.01480]}, FORWARD_TOLERANCE) == 2
+    assert pick_forward_batch({1: [0.01470], 2: [0.01480]}, FORWARD_TOLERANCE) == 1
 
 
 def test_depth_gate_never_admits_past_the_limit() -> None:
@@ -131,6 +134,21 @@ def test_a_busy_worker_writes_metrics_once_a_second_an_idle_one_with_each_batch(
     w._metrics_at -= C.METRICS_FLUSH_S
     assert w._metrics_due()  # but never more than METRICS_FLUSH_S behind
     assert not w._metrics_due()
+
+
+def test_a_batch_whose_results_were_not_stored_adds_nothing_to_the_metrics() -> None:
+    """complete() failing (Redis gone) leaves the tasks to be reclaimed and counted by
+    whoever runs them; their figures must not be written at shutdown as well."""
+    from toolkit.queue.protocol import Outcome, Task
+    from toolkit.serve.worker import Prepared, Worker, WorkerConfig
+
+    w = Worker(WorkerConfig("w1"), client_factory=lambda: None)  # no Redis behind it
+    w.model = "loaded"  # this batch never reaches the model: its only image was rejected
+    w._unwritten = {"tasks_completed": 3}
+    task = Task("1-0", "a" * 32, b"x", 0, 5)
+    with pytest.raises(AttributeError):
+        w.run_batch(Prepared([], [], [Outcome(task, "failed", error="not an image")]))
+    assert w._unwritten == {"tasks_completed": 3}
 
 
 def test_threads_do_not_oversubscribe() -> None:

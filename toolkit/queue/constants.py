@@ -59,7 +59,7 @@ HEARTBEAT_TTL_S = 10
 
 DONE_STREAM_MAXLEN = 1_000
 """Approximate length the notification stream is trimmed to (entries carry results, a few
-hundred bytes each: about 2 MB at max_batch 4). An API reader that falls further behind
+hundred bytes each: about 4 MB at max_batch 8). An API reader that falls further behind
 misses wake-ups and finds those results by re-reading each second instead."""
 
 DEAD_STREAM_MAXLEN = 100_000

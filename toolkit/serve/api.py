@@ -359,10 +359,11 @@ class Service:
         """One transaction for a group of uploads: each one's pending marker, image, entry."""
         q = self.cfg.queue
         try:
-            async with _within(self.cfg.redis_timeout), self._commit_r.pipeline(True) as p:
+            async with self._commit_r.pipeline(transaction=True) as p:
                 for tid, image, top_k, t in tasks:
                     add_enqueue(p, q, tid, image, top_k, t)
-                await p.execute()
+                async with _within(self.cfg.redis_timeout):
+                    await p.execute()
         finally:  # a depth read that starts from now on sees these (or they failed)
             self.gate.settle(len(tasks))
 

@@ -79,13 +79,15 @@ def pick_forward_batch(per_image_s: dict[int, list[float]], tolerance: float = 0
     """The CPU forward-pass size to use, from timings per size taken at start-up.
 
     ``per_image_s``: batch size -> CPU seconds per image of several timed passes. The size
-    with the lowest median wins; with ``tolerance``, the smallest size within that fraction
-    of it. Measured here with two workers timing at once: 1 image 16-17 ms, 2-3 images
-    15-16 ms, 4 images 16-16.6 ms per image, so a 5 % tolerance would pick 1 about half the
-    time, and passes of 1 cost about 5 % more per image than 2 when both workers are busy.
+    with the lowest median wins; with ``tolerance``, the smallest size of 2 or more within
+    that fraction of it (1 only when it is the cheapest outright). Measured here with two
+    workers timing at once: 1 image 16-17 ms, 2-3 images 15-16 ms, 4 images 16-16.6 ms per
+    image, so a tolerance that admitted 1 would pick it about half the time, and passes of 1
+    cost about 5 % more per image than 2 when both workers are busy.
     """
     if not per_image_s:
         raise ConfigError("no forward-pass timings to pick a batch size from")
     medians = {size: sorted(ts)[len(ts) // 2] for size, ts in per_image_s.items() if ts}
     best = min(medians.values())
-    return min(size for size, cost in medians.items() if cost <= best * (1 + tolerance))
+    close = [s for s, cost in medians.items() if cost <= best * (1 + tolerance)]
+    return min((s for s in close if s > 1 or medians[s] == best), default=min(close))

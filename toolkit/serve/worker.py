@@ -1,4 +1,4 @@
-"""The inference worker: claim a batch, decode it off the forward pass, run it, store results.
+"""The inference worker: claim a batch, decode it, run it, store results.
 
 Threads in one worker process:
 
@@ -47,10 +47,11 @@ ceiling here: batch 8 at 0.88 x batch 2), and timing them at start-up would leav
 worker's kept heap (toolkit/serve/malloc.py) 80-90 MB larger for good."""
 
 FORWARD_TOLERANCE = 0.02
-"""The smallest timed size within this fraction of the cheapest is kept: at start-up one
-worker times alone, and the sizes within a couple of % of each other then (2, 3, 4) are
-not equal once every core is busy: 4 costs 5-7 % more per image than 2 (its activations
-spill out of the caches the other processes share), 1 costs 5-7 % more either way."""
+"""The smallest timed size of 2 or more within this fraction of the cheapest is kept (1
+only when it is the cheapest outright): at start-up the workers time with nothing else
+running, and sizes within a couple of % of each other then (2, 3, 4) are not equal once
+the API, Redis and the clients share the cores: 4 costs 5-7 % more per image than 2 (its
+activations spill out of the shared caches); 1 costs about 5 % more either way."""
 
 
 def default_consumer_name() -> str:
@@ -117,7 +118,7 @@ class Worker:
         self._sweeps = 0
         self.heap_kept = False
         self.forward_batch = cfg.max_batch
-        self.decode_threads = 1
+        self.decode_threads = 1  # loader threads decoding (0: the runner decodes)
         self.decode_in_runner = False
         self._decode_pool: ThreadPoolExecutor | None = None
         self._unwritten: dict[str, float] = {}  # metric increments not in Redis yet
@@ -138,8 +139,8 @@ class Worker:
         self.forward_batch = self._choose_forward_batch()  # on a CPU this times a few sizes
         # every size a forward pass can have: a claimed batch runs as passes of at most this
         models.warm_up(self.model, range(1, self.forward_batch + 1))
-        self.decode_threads = self._choose_decode_threads()
         self.decode_in_runner = self.model.on_cpu and not self.cfg.decode_threads
+        self.decode_threads = 0 if self.decode_in_runner else self._choose_decode_threads()
         if self.decode_threads > 1:
             self._decode_pool = ThreadPoolExecutor(self.decode_threads, "tk-decode")
         log.info(
@@ -168,6 +169,7 @@ class Worker:
             return self.cfg.max_batch  # accelerators: the bigger the pass, the better
         candidates = SINGLE_THREAD_CANDIDATES if self.cfg.threads == 1 else FORWARD_CANDIDATES
         sizes = [n for n in candidates if n <= self.cfg.max_batch]
+        models.warm_up(self.model, sizes)  # the JIT's profiling runs are not timed
         timings = models.time_batches(self.model, sizes, rounds=5)
         log.debug("worker %s: CPU s per image by forward size: %s", self.cfg.consumer, timings)
         return pick_forward_batch(timings, FORWARD_TOLERANCE)
@@ -324,11 +326,11 @@ class Worker:
         ok = sum(o.status == "completed" for o in outcomes)
         latencies = [(done - o.task.enqueued_ms) / 1000 for o in outcomes]
         inc = metrics.batch_increments(ok, len(outcomes) - ok, model_s, latencies)
-        metrics.merge(self._unwritten, inc)
+        unwritten = dict(self._unwritten)  # kept only once this batch's results are stored
+        metrics.merge(unwritten, inc)
         due = self._metrics_due()
-        self.queue.complete(self.cfg.consumer, outcomes, self._unwritten if due else None)
-        if due:
-            self._unwritten = {}
+        self.queue.complete(self.cfg.consumer, outcomes, unwritten if due else None)
+        self._unwritten = {} if due else unwritten
         self.stats.batches += 1
         self.stats.completed += ok
         self.stats.failed += len(outcomes) - ok

@@ -54,10 +54,10 @@ def async_client(
         extra["ssl_ca_certs"] = creds.ca_file
         extra["ssl_check_hostname"] = False
     t = settings.redis_timeout
-    if max_connections is None:
-        return aredis.Redis.from_url(url, socket_connect_timeout=t, decode_responses=False, **extra)
     if not reply_timeout:
         extra["socket_timeout"] = None
+    if max_connections is None:
+        return aredis.Redis.from_url(url, socket_connect_timeout=t, decode_responses=False, **extra)
     pool = aredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

@@ -52,8 +52,10 @@ from toolkit.serve import images, metrics
 from toolkit.serve.admission import DepthGate
 from toolkit.serve.groupcommit import GroupCommit
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from async_timeout import timeout as asyncio_timeout  # type: ignore[import-not-found]
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # pragma: no cover
+    from async_timeout import timeout as _timeout  # type: ignore[import-not-found]
 
 log = logging.getLogger("tk.api")
 
@@ -264,12 +266,8 @@ async def _within(seconds: float) -> AsyncIterator[None]:
     ``seconds`` it is cancelled (redis-py drops the connection) and redis-py's own
     TimeoutError is raised, so the caller answers 503 naming Redis as for any timeout."""
     try:
-        if sys.version_info >= (3, 11):
-            async with asyncio.timeout(seconds):
-                yield
-        else:  # pragma: no cover (3.10)
-            async with asyncio_timeout(seconds):
-                yield
+        async with _timeout(seconds):
+            yield
     except asyncio.TimeoutError:
         raise RedisTimeoutError(f"Redis did not answer within {seconds:g} s") from None
 

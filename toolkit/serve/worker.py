@@ -119,7 +119,6 @@ class Worker:
         self.heap_kept = False
         self.forward_batch = cfg.max_batch
         self.decode_threads = 1  # loader threads decoding (0: the runner decodes)
-        self.decode_in_runner = False
         self._decode_pool: ThreadPoolExecutor | None = None
         self._unwritten: dict[str, float] = {}  # metric increments not in Redis yet
         self._metrics_at = time.monotonic()
@@ -136,11 +135,10 @@ class Worker:
         torch.set_num_threads(self.cfg.threads)
         t0 = time.monotonic()
         self.model = models.load(self.cfg.model, self.cfg.device, self.cfg.optimize)
-        self.forward_batch = self._choose_forward_batch()  # on a CPU this times a few sizes
-        # every size a forward pass can have: a claimed batch runs as passes of at most this
-        models.warm_up(self.model, range(1, self.forward_batch + 1))
-        self.decode_in_runner = self.model.on_cpu and not self.cfg.decode_threads
-        self.decode_threads = 0 if self.decode_in_runner else self._choose_decode_threads()
+        self.forward_batch, warm = self._choose_forward_batch()  # on a CPU: times a few sizes
+        # every size a forward pass can have (a claimed batch runs as passes of at most this)
+        models.warm_up(self.model, [n for n in range(1, self.forward_batch + 1) if n not in warm])
+        self.decode_threads = self._choose_decode_threads()
         if self.decode_threads > 1:
             self._decode_pool = ThreadPoolExecutor(self.decode_threads, "tk-decode")
         log.info(
@@ -159,20 +157,25 @@ class Worker:
             time.monotonic() - t0,
         )
 
-    def _choose_forward_batch(self) -> int:
+    def _choose_forward_batch(self) -> tuple[int, list[int]]:
+        """The forward-pass size, and the sizes warmed up to choose it (none when not timed)."""
         from toolkit.serve import models
 
         assert self.model is not None
         if self.cfg.forward_batch:
-            return min(self.cfg.forward_batch, self.cfg.max_batch)
+            return min(self.cfg.forward_batch, self.cfg.max_batch), []
         if not self.model.on_cpu:
-            return self.cfg.max_batch  # accelerators: the bigger the pass, the better
+            return self.cfg.max_batch, []  # accelerators: the bigger the pass, the better
         candidates = SINGLE_THREAD_CANDIDATES if self.cfg.threads == 1 else FORWARD_CANDIDATES
         sizes = [n for n in candidates if n <= self.cfg.max_batch]
         models.warm_up(self.model, sizes)  # the JIT's profiling runs are not timed
         timings = models.time_batches(self.model, sizes, rounds=5)
         log.debug("worker %s: CPU s per image by forward size: %s", self.cfg.consumer, timings)
-        return pick_forward_batch(timings, FORWARD_TOLERANCE)
+        return pick_forward_batch(timings, FORWARD_TOLERANCE), sizes
+
+    @property
+    def decode_in_runner(self) -> bool:
+        return self.decode_threads == 0
 
     @property
     def decode_where(self) -> str:
@@ -184,7 +187,7 @@ class Worker:
         assert self.model is not None
         if self.cfg.decode_threads:
             return self.cfg.decode_threads
-        return 1 if self.model.on_cpu else max(1, self.cfg.threads)
+        return 0 if self.model.on_cpu else max(1, self.cfg.threads)  # 0: the runner decodes
 
     def install_signals(self) -> None:
         def on_signal(signum: int, _frame: Any) -> None:
